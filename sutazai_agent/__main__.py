@@ -1,0 +1,3 @@
+from sutazai_agent.cli import main
+
+raise SystemExit(main())
