@@ -126,7 +126,6 @@ class ServiceBase(_Strict):
         return self.service_id or self.name
 
 
-
 class HttpService(ServiceBase):
     kind: Literal["http"]
     url: HttpUrl
@@ -161,7 +160,7 @@ class HttpService(ServiceBase):
 class TcpService(ServiceBase):
     kind: Literal["tcp"]
     host: str = Field(min_length=1)
-    port: Port  # type: ignore[assignment]  # required here: it is the target
+    port: Port  # required here: it is the target
 
     def target(self) -> tuple[str, int]:
         return self.host, self.port
@@ -361,7 +360,8 @@ class AgentConfig(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data, every secret replaced by ``***``."""
-        return _redact(self.model_dump(mode="json", by_alias=True))
+        redacted: dict[str, Any] = _redact(self.model_dump(mode="json", by_alias=True))
+        return redacted
 
 
 def _secret_header(name: str) -> bool:
