@@ -1,0 +1,80 @@
+"""structlog set-up: JSON lines on stdout in production, a console renderer on a TTY.
+
+Every event passes through ``SecretScrubber`` last, so a secret that slips into a message,
+a value or a traceback is replaced by ``***`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+class SecretScrubber:
+    """A processor replacing every known secret value with ``***``, at any depth."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is replaced whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        if not self._secrets:
+            return event
+        scrubbed: EventDict = self._scrub(event)
+        return scrubbed
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, "***")
+            return value
+        if isinstance(value, MutableMapping):
+            return {k: self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        if isinstance(value, BaseException):
+            return self._scrub(repr(value))
+        return value
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog for the process (the composition root calls this once)."""
+    out = stream or sys.stdout
+    console = fmt == "console" or (fmt == "auto" and out.isatty())
+    processors: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Tracebacks become text here, before the scrubber, so they are scrubbed too.
+        structlog.processors.format_exc_info,
+        SecretScrubber(secrets),
+    ]
+    if console:
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    else:
+        processors.append(structlog.processors.JSONRenderer())
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,91 @@
+"""The health state machine, table-driven: results in, states and transitions out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sutazai_agent.health import HealthMachine
+from sutazai_agent.model import Outcome, ProbeResult, State
+
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+CODE = {"u": Outcome.OK, "g": Outcome.DEGRADED, "d": Outcome.FAIL, "t": Outcome.TIMEOUT}
+NAME = {"?": State.UNKNOWN, "u": State.UP, "g": State.DEGRADED, "d": State.DOWN}
+
+
+def run(results: str, rise: int = 2, fall: int = 2, start: str = "?") -> tuple[str, list[str]]:
+    """Feed results ('u' ok, 'g' degraded, 'd' fail, 't' timeout); return the states seen
+    after each result and the transitions as 'prev>cur'."""
+    machine = HealthMachine("svc", "http", rise, fall, state=NAME[start])
+    inverse = {v: k for k, v in NAME.items()}
+    states, transitions = "", []
+    for i, code in enumerate(results):
+        t = machine.observe(ProbeResult(CODE[code], 0.01, f"r{i}"), T0 + timedelta(seconds=i))
+        if t is not None:
+            transitions.append(f"{inverse[t.previous]}>{inverse[t.current]}")
+        states += inverse[machine.state]
+    return states, transitions
+
+
+@pytest.mark.parametrize(
+    ("results", "rise", "fall", "start", "states", "transitions"),
+    [
+        # The first result decides directly, whatever rise/fall say.
+        ("u", 3, 3, "?", "u", ["?>u"]),
+        ("d", 3, 3, "?", "d", ["?>d"]),
+        ("g", 3, 3, "?", "g", ["?>g"]),
+        ("t", 3, 3, "?", "d", ["?>d"]),
+        # fall consecutive failures take an up service down.
+        ("udd", 2, 2, "?", "uud", ["?>u", "u>d"]),
+        ("uddd", 2, 3, "?", "uuud", ["?>u", "u>d"]),
+        # rise consecutive successes bring it back.
+        ("duu", 2, 2, "?", "ddu", ["?>d", "d>u"]),
+        ("duuu", 3, 2, "?", "dddu", ["?>d", "d>u"]),
+        # Flapping never changes state while no streak reaches its threshold.
+        ("udududud", 2, 2, "?", "uuuuuuuu", ["?>u"]),
+        ("dudududu", 2, 2, "?", "dddddddd", ["?>d"]),
+        # A result equal to the state breaks the streak.
+        ("udud" + "dd", 2, 3, "?", "uuuuud", ["?>u", "u>d"]),
+        # rise/fall of 1: every change moves at once.
+        ("udug", 1, 1, "?", "udug", ["?>u", "u>d", "d>u", "u>g"]),
+        # Degraded is a state of its own, reached by fall from up and by rise from down.
+        ("ugg", 2, 2, "?", "uug", ["?>u", "u>g"]),
+        ("dgg", 2, 2, "?", "ddg", ["?>d", "d>g"]),
+        ("guu", 2, 2, "?", "ggu", ["?>g", "g>u"]),
+        ("gdd", 2, 2, "?", "ggd", ["?>g", "g>d"]),
+        # A mixed streak moves only as far as all of it agrees.
+        ("ugd", 2, 2, "?", "uug", ["?>u", "u>g"]),
+        ("udg", 2, 2, "?", "uug", ["?>u", "u>g"]),
+        ("dgu", 2, 2, "?", "ddg", ["?>d", "d>g"]),
+        ("dug", 2, 2, "?", "ddg", ["?>d", "d>g"]),
+        ("udt", 2, 2, "?", "uud", ["?>u", "u>d"]),
+        # Direction changes restart the streak: degraded then up then down stays degraded.
+        ("gudu", 2, 2, "?", "gggg", ["?>g"]),
+        # A state restored from disk is not re-announced, and rise/fall apply at once.
+        ("uu", 2, 2, "u", "uu", []),
+        ("dd", 2, 2, "u", "ud", ["u>d"]),
+        ("u", 2, 2, "d", "d", []),
+    ],
+)
+def test_transitions(
+    results: str, rise: int, fall: int, start: str, states: str, transitions: list[str]
+) -> None:
+    assert run(results, rise, fall, start) == (states, transitions)
+
+
+def test_transition_carries_reason_time_and_result() -> None:
+    machine = HealthMachine("kong", "kong", rise=1, fall=1)
+    up = ProbeResult(Outcome.OK, 0.002)
+    first = machine.observe(up, T0)
+    assert first is not None
+    assert first.reason == "probe ok"  # a default when the probe gave none
+    failing = ProbeResult(Outcome.FAIL, 0.5, "proxy: connection refused")
+    at = T0 + timedelta(seconds=10)
+    t = machine.observe(failing, at)
+    assert t is not None
+    assert (t.service, t.kind, t.previous, t.current) == ("kong", "kong", State.UP, State.DOWN)
+    assert t.reason == "proxy: connection refused"
+    assert t.at == at
+    assert t.result is failing
+    assert machine.since == at
