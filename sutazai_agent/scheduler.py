@@ -166,7 +166,7 @@ class Scheduler:
             async with self._slots:
                 self._on_lag(max(0.0, self._clock() - item.due))
                 await self._jobs[item.key]()
-        except Exception:  # the job boundary: one broken job must not stop the others
+        except Exception:  # job boundary: one broken job must not stop the others
             log.exception("job_failed", job=item.key)
         finally:
             self._running.discard(item.key)

@@ -1,0 +1,158 @@
+"""From probe results to health states, and from transitions to everything that reacts.
+
+A result updates the service's view and metrics at once. A transition is first written to
+the outbox (durably, in a batch with any others of the same moment); only then do the
+registrar, the metrics and the publisher hear of it. If the outbox cannot be written, the
+batch is kept and retried: nothing reacts to a transition that is not on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from sutazai_agent.config import AgentConfig, ServiceConfig
+from sutazai_agent.health import HealthMachine
+from sutazai_agent.metrics import Metrics
+from sutazai_agent.model import ProbeResult, State, Transition, utcnow
+from sutazai_agent.protocols import EventSink, Publisher, Registrar
+
+log = structlog.get_logger(__name__)
+RETRY_MAX_S = 30.0
+
+
+@dataclass(slots=True)
+class ServiceView:
+    """What the agent knows of one service right now (served by /status)."""
+
+    config: ServiceConfig
+    machine: HealthMachine
+    last: ProbeResult | None = None
+    last_at: datetime | None = None
+
+
+class Monitor:
+    def __init__(
+        self,
+        config: AgentConfig,
+        sink: EventSink,
+        registrar: Registrar,
+        publisher: Publisher,
+        metrics: Metrics,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sink = sink
+        self._registrar = registrar
+        self._publisher = publisher
+        self._metrics = metrics
+        self._now = now
+        self._pending: list[Transition] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.views: dict[str, ServiceView] = {}
+        known = sink.known_states()
+        for service in config.services:
+            machine = HealthMachine(
+                service.name, service.kind, config.rise_for(service), config.fall_for(service)
+            )
+            restored = known.get(service.name)
+            if restored is not None and restored.state is not State.UNKNOWN:
+                machine.state, machine.since = restored.state, restored.since
+                registrar.observe(service, restored.state)
+            self.views[service.name] = ServiceView(service, machine)
+            metrics.set_state(service.name, service.kind, State.UNKNOWN, machine.state)
+
+    def ready(self) -> bool:
+        """True once every service has had a probe result."""
+        return all(view.last is not None for view in self.views.values())
+
+    def record(self, name: str, result: ProbeResult) -> None:
+        view = self.views[name]
+        at = self._now()
+        view.last, view.last_at = result, at
+        self._metrics.observe_probe(name, view.config.kind, result.outcome, result.latency_s)
+        transition = view.machine.observe(result, at)
+        if transition is not None:
+            self._pending.append(transition)
+            self._idle.clear()
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Write transitions to the outbox in batches, then let the others react."""
+        delay = 0.5
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch = self._pending
+            self._pending = []
+            try:
+                await self._sink.append(batch)
+            except Exception:  # loop boundary: a full disk must not kill the agent
+                log.exception("outbox_write_failed", pending=len(batch))
+                self._pending[:0] = batch
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+                delay = min(delay * 2, RETRY_MAX_S)
+                self._wake.set()
+                continue
+            delay = 0.5
+            self._react(batch)
+            if not self._pending:
+                self._idle.set()
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every transition so far is in the outbox; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _react(self, batch: Sequence[Transition]) -> None:
+        for t in batch:
+            view = self.views[t.service]
+            self._metrics.set_state(t.service, t.kind, t.previous, t.current)
+            self._metrics.count_transition(t.service, t.previous, t.current)
+            self._registrar.observe(view.config, t.current)
+            log.info(
+                "service_state_changed",
+                service=t.service,
+                previous=t.previous.value,
+                current=t.current.value,
+                reason=t.reason,
+            )
+        self._publisher.wake()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for name, view in self.views.items():
+            last = view.last
+            out.append(
+                {
+                    "name": name,
+                    "kind": view.config.kind,
+                    "state": view.machine.state.value,
+                    "since": _iso(view.machine.since),
+                    "registered": self._registrar.is_registered(view.config.id),
+                    "last_probe": None
+                    if last is None
+                    else {
+                        "result": last.outcome.value,
+                        "latency_ms": round(last.latency_s * 1000, 3),
+                        "reason": last.reason,
+                        "at": _iso(view.last_at),
+                    },
+                }
+            )
+        return out
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
