@@ -72,9 +72,34 @@ def configure(
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
     else:
         processors.append(structlog.processors.JSONRenderer())
+    _route_stdlib(processors, level, out)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+QUIET_LIBRARIES = ("aiormq", "aio_pika", "asyncio")
+"""Libraries whose own logs repeat what the agent already reports once per outage (a refused
+AMQP probe logs an error every interval; a reconnecting robust connection logs each try)."""
+
+
+def _route_stdlib(processors: list[Processor], level: str, out: TextIO) -> None:
+    """Send the standard library's log records through the same renderer and scrubber."""
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=processors[:-2],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *processors[-2:],
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS[level])
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)

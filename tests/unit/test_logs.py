@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import structlog
 
@@ -38,3 +39,14 @@ def test_level_filters() -> None:
     log.info("hidden")
     log.warning("shown")
     assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["shown"]
+
+
+def test_library_logs_are_json_scrubbed_and_quiet() -> None:
+    out = io.StringIO()
+    logs.configure("info", "json", secrets={"hunter22"}, stream=out)
+    logging.getLogger("some.lib").warning("login as app:hunter22 failed")
+    logging.getLogger("aiormq.connection").error("error when creating transport")
+    (line,) = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["event"] == "login as app:*** failed"
+    assert record["level"] == "warning"

@@ -1,0 +1,64 @@
+"""HTTP(S) probe: up when the status is expected and the body matches the optional regex."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING
+
+from sutazai_agent.model import Outcome, ProbeResult
+from sutazai_agent.probes.base import elapsed_since, failure, fetch
+
+if TYPE_CHECKING:
+    from collections.abc import Container
+
+    import aiohttp
+
+    from sutazai_agent.config import HttpService
+
+DEFAULT_EXPECT = range(200, 400)
+"""Without ``expect_status``, any 2xx or 3xx is up (redirects are not followed by default)."""
+
+
+class HttpProbe:
+    """``GET``/``HEAD`` the URL once, without following redirects unless asked to."""
+
+    kind = "http"
+
+    def __init__(
+        self, service: HttpService, session: aiohttp.ClientSession, timeout_s: float
+    ) -> None:
+        self._service = service
+        self._session = session
+        self._timeout_s = timeout_s
+        self._expect: Container[int] = frozenset(service.expect_status) or DEFAULT_EXPECT
+        self._pattern = re.compile(service.body_regex) if service.body_regex else None
+
+    async def probe(self) -> ProbeResult:
+        service = self._service
+        start = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await fetch(
+                    self._session,
+                    service.url,
+                    method=service.method,
+                    headers=service.headers,
+                    tls_verify=service.tls_verify,
+                    follow_redirects=service.follow_redirects,
+                )
+        except Exception as exc:  # noqa: BLE001 - a probe never raises
+            return failure(exc, start, self._timeout_s)
+        latency_s = elapsed_since(start)
+        detail = f"HTTP {reply.status}"
+        if reply.status not in self._expect:
+            expected = "" if self._expect is DEFAULT_EXPECT else " (unexpected status)"
+            return ProbeResult(Outcome.FAIL, latency_s, f"HTTP {reply.status}{expected}", detail)
+        if self._pattern is not None and not self._pattern.search(reply.text()):
+            return ProbeResult(
+                Outcome.FAIL,
+                latency_s,
+                f"body does not match {self._pattern.pattern!r}",
+                detail,
+            )
+        return ProbeResult(Outcome.OK, latency_s, "", detail)
