@@ -1,0 +1,310 @@
+"""A thin, typed client for the few Consul agent endpoints the registrar uses.
+
+Why not py-consul: its asyncio client builds the aiohttp connector with the deprecated
+``verify_ssl``/``ssl_context`` arguments (a DeprecationWarning on aiohttp 3.14), is untyped,
+opens a session of its own and reads response bodies without a bound. This client owns one
+``aiohttp.ClientSession`` created inside the running loop, applies ``timeout_s`` to every call,
+bounds every body it reads and turns every failure into a ``ConsulError``.
+
+The ACL token travels only in the ``X-Consul-Token`` header: it is never part of a URL, a
+log line or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from sutazai_agent import __version__
+from sutazai_agent.config import ConsulConfig, redact_url
+from sutazai_agent.model import bounded
+
+CheckStatus = Literal["passing", "warning", "critical"]
+CHECK_STATUSES: tuple[CheckStatus, ...] = ("passing", "warning", "critical")
+BODY_MAX = 4 * 1024 * 1024
+"""Largest response body read (a list of a few thousand services fits comfortably)."""
+MESSAGE_MAX = 200
+
+
+class ConsulError(Exception):
+    """A Consul call failed. ``status`` is the HTTP status, ``None`` when there was none."""
+
+    def __init__(self, operation: str, message: str, status: int | None = None) -> None:
+        self.operation = operation
+        self.status = status
+        self.message = bounded(message, MESSAGE_MAX)
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        where = "unreachable" if self.status is None else f"HTTP {self.status}"
+        return f"{self.operation}: {where}: {self.message}" if self.message else where
+
+
+class ConsulUnavailableError(ConsulError):
+    """Consul cannot answer: refused, timed out, TLS failure, 5xx, no cluster leader."""
+
+
+class ConsulPermissionError(ConsulError):
+    """403: the ACL token is missing, unknown or lacks the permission."""
+
+
+class ConsulNotFoundError(ConsulError):
+    """The service or check named in the call does not exist on the agent."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentService:
+    """One entry of ``GET /v1/agent/services``."""
+
+    id: str
+    name: str
+    address: str
+    port: int
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCheck:
+    """One entry of ``GET /v1/agent/checks``."""
+
+    check_id: str
+    name: str
+    status: str
+    output: str = ""
+    service_id: str = ""
+    service_name: str = ""
+
+
+class ConsulAgentApi(Protocol):
+    """What the registrar needs from Consul (``ConsulClient`` in production, fakes in tests)."""
+
+    async def register_service(self, payload: Mapping[str, Any]) -> None: ...
+
+    async def deregister_service(self, service_id: str) -> None: ...
+
+    async def update_ttl(self, check_id: str, status: CheckStatus, output: str = "") -> None: ...
+
+    async def agent_services(self, filter_expr: str | None = None) -> dict[str, AgentService]: ...
+
+
+class ConsulClient:
+    """Client of one Consul agent. Use as ``async with ConsulClient(config) as client:``."""
+
+    def __init__(self, config: ConsulConfig) -> None:
+        self._config = config
+        self._base = config.url.rstrip("/")
+        self._token = config.token.get_secret_value()
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        """The agent's URL with any password replaced by ``***``."""
+        return redact_url(self._config.url)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the session; must run inside the event loop that will use it."""
+        if self._session is not None:
+            return
+        headers = {"User-Agent": f"sutazai-agent/{__version__}"}
+        if self._token:
+            headers["X-Consul-Token"] = self._token
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=16),
+            timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
+            headers=headers,
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self._config.url.startswith("https:"):
+            return True
+        if not self._config.tls_verify:
+            return False
+        cafile = str(self._config.ca_file) if self._config.ca_file else None
+        return ssl.create_default_context(cafile=cafile)
+
+    # --- the endpoints -----------------------------------------------------------------
+    async def register_service(self, payload: Mapping[str, Any]) -> None:
+        """``PUT /v1/agent/service/register``: create or replace a service and its checks."""
+        await self._call("register", "PUT", "/v1/agent/service/register", body=payload)
+
+    async def deregister_service(self, service_id: str) -> None:
+        """``PUT /v1/agent/service/deregister/<id>``; an unknown id counts as done.
+
+        Older Consul answers 200 for an unknown id, newer 404 "Unknown service ID".
+        """
+        path = f"/v1/agent/service/deregister/{_segment(service_id)}"
+        try:
+            await self._call("deregister", "PUT", path)
+        except ConsulNotFoundError as exc:
+            if "unknown service" not in exc.message.lower():
+                raise
+
+    async def update_ttl(self, check_id: str, status: CheckStatus, output: str = "") -> None:
+        """``PUT /v1/agent/check/update/<id>``: set a TTL check's status and reset its timer.
+
+        A missing check raises ``ConsulNotFoundError`` (404 on current Consul, a 500
+        "does not have associated TTL" on older versions).
+        """
+        if status not in CHECK_STATUSES:
+            raise ValueError(f"invalid check status {status!r}")
+        path = f"/v1/agent/check/update/{_segment(check_id)}"
+        body = {"Status": status, "Output": output}
+        try:
+            await self._call("check_update", "PUT", path, body=body)
+        except ConsulUnavailableError as exc:
+            if exc.status == 500 and "does not have associated ttl" in exc.message.lower():
+                raise ConsulNotFoundError(exc.operation, exc.message, 404) from None
+            raise
+
+    async def agent_services(self, filter_expr: str | None = None) -> dict[str, AgentService]:
+        """``GET /v1/agent/services``, optionally with a ``filter`` expression."""
+        params = {"filter": filter_expr} if filter_expr else None
+        data = await self._call("list", "GET", "/v1/agent/services", params=params)
+        if not isinstance(data, dict):
+            raise ConsulError("list", "agent services: expected a JSON object")
+        return {str(key): _service("list", value) for key, value in data.items()}
+
+    async def agent_checks(self, filter_expr: str | None = None) -> dict[str, AgentCheck]:
+        """``GET /v1/agent/checks``, optionally with a ``filter`` expression."""
+        params = {"filter": filter_expr} if filter_expr else None
+        data = await self._call("checks", "GET", "/v1/agent/checks", params=params)
+        if not isinstance(data, dict):
+            raise ConsulError("checks", "agent checks: expected a JSON object")
+        return {str(key): _check("checks", value) for key, value in data.items()}
+
+    async def leader(self) -> str:
+        """``GET /v1/status/leader``: the Raft leader's address, ``""`` when there is none."""
+        data = await self._call("leader", "GET", "/v1/status/leader")
+        if not isinstance(data, str):
+            raise ConsulError("leader", "status leader: expected a JSON string")
+        return data
+
+    # --- plumbing ----------------------------------------------------------------------
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        session = self._session
+        if session is None:
+            raise RuntimeError("ConsulClient is not open: use 'async with ConsulClient(...)'")
+        url = URL(self._base + path, encoded=True)
+        data = None if body is None else json.dumps(body).encode()
+        headers = None if data is None else {"Content-Type": "application/json"}
+        try:
+            async with session.request(
+                method, url, params=params, data=data, headers=headers
+            ) as response:
+                status = response.status
+                raw = await _read_bounded(operation, response)
+        except ConsulError:
+            raise
+        except TimeoutError:
+            raise ConsulUnavailableError(
+                operation, f"no answer within {self._config.timeout_s:g}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ConsulUnavailableError(operation, self._scrub(_describe(exc))) from None
+        if status >= 400:
+            raise _http_error(operation, status, self._scrub(raw.decode("utf-8", "replace")))
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConsulError(operation, "response is not JSON", status) from None
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe=":@")
+
+
+async def _read_bounded(operation: str, response: aiohttp.ClientResponse) -> bytes:
+    length = response.content_length
+    if length is not None and length > BODY_MAX:
+        raise ConsulError(operation, f"response body over {BODY_MAX} bytes", response.status)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > BODY_MAX:
+            raise ConsulError(operation, f"response body over {BODY_MAX} bytes", response.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def _http_error(operation: str, status: int, text: str) -> ConsulError:
+    if status == 403:
+        return ConsulPermissionError(operation, text or "Permission denied", status)
+    if status == 404:
+        return ConsulNotFoundError(operation, text or "not found", status)
+    if status >= 500:
+        return ConsulUnavailableError(operation, text, status)
+    return ConsulError(operation, text, status)
+
+
+def _service(operation: str, value: Any) -> AgentService:
+    try:
+        return AgentService(
+            id=str(value["ID"]),
+            name=str(value["Service"]),
+            address=str(value.get("Address") or ""),
+            port=int(value.get("Port") or 0),
+            tags=tuple(str(t) for t in value.get("Tags") or ()),
+            meta={str(k): str(v) for k, v in (value.get("Meta") or {}).items()},
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ConsulError(operation, "agent services: malformed entry") from None
+
+
+def _check(operation: str, value: Any) -> AgentCheck:
+    try:
+        return AgentCheck(
+            check_id=str(value["CheckID"]),
+            name=str(value.get("Name") or ""),
+            status=str(value["Status"]),
+            output=str(value.get("Output") or ""),
+            service_id=str(value.get("ServiceID") or ""),
+            service_name=str(value.get("ServiceName") or ""),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ConsulError(operation, "agent checks: malformed entry") from None

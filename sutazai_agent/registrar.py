@@ -1,0 +1,396 @@
+"""``ConsulRegistrar``: keeps Consul's agent catalog in line with the services' health.
+
+``observe()`` only records the desired state and wakes the loop. ``run()`` is the one
+long-running task; each pass (``sync_once()``) does, in order:
+
+1. anti-entropy, when due (at start, every ``resync_interval_s``, after every failure): list
+   this agent's own registrations (``Meta`` managed-by + agent-id), adopt them, mark what is
+   missing or differs, deregister what is ours but no longer configured;
+2. apply changes: register (always followed by a check update, because Consul keeps an
+   existing check's status on re-registration), update the check on passing ↔ warning,
+   deregister on down;
+3. TTL heartbeats, every ``ttl_s / 3`` per service, their phases spread out.
+
+Consul unreachable, 5xx or 403: nothing is forgotten; the pass stops, the next one waits a
+jittered exponential backoff (capped), one log line marks the start of the outage and one
+its end, and the first pass after it starts with anti-entropy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import structlog
+
+from sutazai_agent.config import ConsulConfig, ServiceConfig, redact_url
+from sutazai_agent.consul_api import (
+    CheckStatus,
+    ConsulAgentApi,
+    ConsulError,
+    ConsulNotFoundError,
+    ConsulPermissionError,
+    ConsulUnavailableError,
+)
+from sutazai_agent.metrics import Metrics
+from sutazai_agent.model import State, utcnow
+from sutazai_agent.protocols import Clock
+from sutazai_agent.registration import (
+    CONSUL_DEREGISTER_FLOOR_S,
+    Backoff,
+    check_id,
+    check_status,
+    differs,
+    is_ours,
+    ownership_filter,
+    registration_payload,
+)
+
+T = TypeVar("T")
+MIN_WAIT_S = 0.001
+"""Never sleep less than this: uvloop turns shorter sleeps into a busy spin."""
+BACKOFF_CAP_S = 30.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    """What the registrar wants for one service and what it believes Consul holds."""
+
+    service: ServiceConfig
+    desired: State = State.UNKNOWN
+    registered: bool = False
+    """Consul holds a registration of ours under this id."""
+    fresh: bool = False
+    """Registered (or re-registered) by this process with this configuration."""
+    status: CheckStatus | None = None
+    """Check status last written."""
+    next_beat_at: float | None = None
+    rejected: str | None = None
+    """Consul refused this service's registration (4xx): retried at the next anti-entropy."""
+
+
+class ConsulRegistrar:
+    """Implements the ``Registrar`` protocol on Consul's agent API."""
+
+    def __init__(
+        self,
+        client: ConsulAgentApi,
+        config: ConsulConfig,
+        agent_id: str,
+        services: Iterable[ServiceConfig],
+        metrics: Metrics,
+        clock: Clock = time.monotonic,
+        logger: Any = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._config = config
+        self._agent_id = agent_id
+        self._metrics = metrics
+        self._clock = clock
+        self._log = logger if logger is not None else structlog.get_logger("sutazai_agent.consul")
+        self._rng = rng or random.Random()  # noqa: S311 - spreading heartbeats, not crypto
+        self._url = redact_url(config.url)
+        self._filter = ownership_filter(agent_id)
+        self._beat_interval_s = config.ttl_s / 3.0
+        self._entries: dict[str, _Entry] = {s.id: _Entry(s) for s in services if s.register_service}
+        self._backoff = Backoff(cap_s=BACKOFF_CAP_S, rng=self._rng)
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._resync_pending = True
+        self._next_resync_at = 0.0
+        self._retry_at = 0.0
+        self._outage: str | None = None
+        self._outage_since = 0.0
+        self._reachable = False
+        self._last_error: str | None = None
+        self._last_sync_at: datetime | None = None
+        if config.deregister_critical_after_s < CONSUL_DEREGISTER_FLOOR_S:
+            self._log.warning(
+                "consul_deregister_after_below_floor",
+                configured_s=config.deregister_critical_after_s,
+                effective_s=CONSUL_DEREGISTER_FLOOR_S,
+                hint="Consul raises deregister_critical_after_s to its 1 minute minimum",
+            )
+
+    # --- the Registrar protocol (never blocks) -----------------------------------------
+    def observe(self, service: ServiceConfig, state: State) -> None:
+        if not service.register_service:
+            return
+        entry = self._entries.get(service.id)
+        if entry is None:
+            entry = self._entries[service.id] = _Entry(service)
+        changed = False
+        if entry.service != service:
+            entry.service, entry.fresh, changed = service, False, True
+        if entry.desired is not state:
+            entry.desired, entry.rejected, changed = state, None, True
+        if changed:
+            self._wake.set()
+
+    def is_registered(self, service_id: str) -> bool:
+        entry = self._entries.get(service_id)
+        return entry is not None and entry.registered
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "reachable": self._reachable,
+            "url": self._url,
+            "registered": self._registered_count(),
+            "last_error": self._last_error,
+            "last_sync_at": None
+            if self._last_sync_at is None
+            else self._last_sync_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        }
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def wake(self) -> None:
+        """Re-evaluate what is due now (after the clock moved, or on an operator's request)."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Make ``run()`` return. Registrations stay: their TTL checks expire on their own."""
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The registrar's task: never raises except ``CancelledError``."""
+        while not self._closed:
+            self._wake.clear()
+            try:
+                delay_s = await self.sync_once()
+            except Exception as exc:  # noqa: BLE001 - the loop boundary: survive, retry later
+                delay_s = self._backoff.next()
+                self._retry_at = self._clock() + delay_s
+                self._last_error = f"internal: {exc!r}"[:200]
+                self._log.error(
+                    "consul_sync_failed",
+                    error=repr(exc),
+                    retry_in_s=round(delay_s, 3),
+                    action="will retry",
+                    exc_info=True,
+                )
+            if self._closed or self._wake.is_set():
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(delay_s, MIN_WAIT_S)):
+                    await self._wake.wait()
+
+    async def sync_once(self) -> float:
+        """Do everything due now; return the seconds until something is due again.
+
+        Consul failures are handled here (logged once per outage, backed off); anything else
+        propagates to ``run()``'s loop boundary.
+        """
+        now = self._clock()
+        if now < self._retry_at:
+            return self._retry_at - now
+        try:
+            if self._resync_pending or now >= self._next_resync_at:
+                await self._resync()
+            for entry in list(self._entries.values()):
+                await self._apply(entry)
+            await self._heartbeats()
+        except ConsulError as exc:  # unreachable, 403, or an answer we cannot use
+            return self._failed(exc)
+        finally:
+            self._metrics.consul_registered_services.set(self._registered_count())
+        return self._next_due()
+
+    # --- the three duties ----------------------------------------------------------------
+    async def _resync(self) -> None:
+        listed = await self._op("list", self._client.agent_services(self._filter))
+        ours = {sid: svc for sid, svc in listed.items() if is_ours(svc, self._agent_id)}
+        for sid, svc in ours.items():
+            entry = self._entries.get(sid)
+            if entry is None:
+                await self._op("deregister", self._client.deregister_service(sid))
+                self._log.info("consul_deregistered", service_id=sid, reason="not configured")
+                continue
+            entry.registered = True
+            entry.rejected = None
+            status = check_status(entry.desired)
+            if status is not None and differs(svc, self._payload(entry, status)):
+                entry.fresh = False
+        for sid, entry in self._entries.items():
+            entry.rejected = None
+            if sid not in ours and entry.registered:
+                entry.registered = entry.fresh = False
+                entry.next_beat_at = None
+        self._resync_pending = False
+        self._next_resync_at = self._clock() + self._config.resync_interval_s
+        self._last_sync_at = utcnow()
+
+    async def _apply(self, entry: _Entry, *, retry_lost: bool = True) -> None:
+        if entry.rejected is not None:
+            return
+        try:
+            await self._apply_once(entry)
+        except ConsulNotFoundError as exc:
+            if not retry_lost:
+                self._rejected(entry, exc)
+                return
+            # The check vanished under a registration we believed in: register it again.
+            self._lost(entry)
+            await self._apply(entry, retry_lost=False)
+        except (ConsulUnavailableError, ConsulPermissionError):
+            raise
+        except ConsulError as exc:
+            self._rejected(entry, exc)
+
+    async def _apply_once(self, entry: _Entry) -> None:
+        service_id = entry.service.id
+        status = check_status(entry.desired)
+        if status is not None and not (entry.registered and entry.fresh):
+            reason = "changed" if entry.registered else "missing"
+            await self._op("register", self._client.register_service(self._payload(entry, status)))
+            entry.registered, entry.fresh, entry.status = True, True, None
+            # Consul keeps an existing check's status on re-registration: always set it.
+            await self._write_status(entry, status, "check_update")
+            self._log.info("consul_registered", service_id=service_id, status=status, reason=reason)
+        elif status is not None and entry.status != status:
+            await self._write_status(entry, status, "check_update")
+            self._log.info("consul_check_updated", service_id=service_id, status=status)
+        elif entry.desired is State.DOWN and entry.registered:
+            await self._op("deregister", self._client.deregister_service(service_id))
+            entry.registered = entry.fresh = False
+            entry.status = entry.next_beat_at = None
+            self._log.info("consul_deregistered", service_id=service_id, reason="down")
+
+    async def _heartbeats(self) -> None:
+        for entry in list(self._entries.values()):
+            due = entry.next_beat_at
+            if not entry.registered or entry.status is None or due is None:
+                continue
+            if due > self._clock():
+                continue
+            try:
+                await self._write_status(entry, entry.status, "heartbeat")
+            except ConsulNotFoundError:
+                # Consul lost it (restart, manual deregistration, reaped): restore it now.
+                self._lost(entry)
+                await self._apply(entry, retry_lost=False)
+            except (ConsulUnavailableError, ConsulPermissionError):
+                raise
+            except ConsulError as exc:
+                entry.next_beat_at = self._clock() + self._beat_interval_s
+                self._rejected(entry, exc)
+
+    def _lost(self, entry: _Entry) -> None:
+        self._log.warning(
+            "consul_registration_lost", service_id=entry.service.id, action="re-register"
+        )
+        entry.registered = entry.fresh = False
+        entry.status = entry.next_beat_at = None
+
+    # --- helpers -------------------------------------------------------------------------
+    def _payload(self, entry: _Entry, status: CheckStatus) -> dict[str, Any]:
+        return registration_payload(entry.service, self._agent_id, self._config, status)
+
+    async def _write_status(self, entry: _Entry, status: CheckStatus, operation: str) -> None:
+        output = f"{entry.desired.value} (sutazai-agent {self._agent_id})"
+        call = self._client.update_ttl(check_id(entry.service.id), status, output)
+        await self._op(operation, call)
+        entry.status = status
+        now = self._clock()
+        interval = self._beat_interval_s
+        due = entry.next_beat_at
+        if operation == "heartbeat" and due is not None and due + interval > now:
+            entry.next_beat_at = due + interval  # keep the phase: no drift
+        elif due is None:
+            # First beat of a new registration: spread the phases over half an interval.
+            entry.next_beat_at = now + interval * self._rng.uniform(0.5, 1.0)
+        else:
+            entry.next_beat_at = now + interval
+
+    async def _op(self, operation: str, call: Awaitable[T]) -> T:
+        counter = self._metrics.consul_operations
+        try:
+            result = await call
+        except ConsulError as exc:
+            counter.labels(operation, "error").inc()
+            if not isinstance(exc, ConsulUnavailableError):
+                self._reachable = True  # Consul answered; only a success ends an outage
+            raise
+        counter.labels(operation, "ok").inc()
+        self._recovered()
+        return result
+
+    def _recovered(self) -> None:
+        self._reachable = True
+        if self._outage is None:
+            return
+        self._log.info(
+            "consul_recovered",
+            url=self._url,
+            outage_s=round(self._clock() - self._outage_since, 3),
+        )
+        self._outage = None
+        self._last_error = None
+        self._backoff.reset()
+
+    def _failed(self, exc: ConsulError) -> float:
+        now = self._clock()
+        kind = (
+            "forbidden"
+            if isinstance(exc, ConsulPermissionError)
+            else "unreachable"
+            if isinstance(exc, ConsulUnavailableError)
+            else "error"
+        )
+        self._reachable = kind != "unreachable"  # a 403 or a 400 is an answer
+        self._last_error = str(exc)
+        self._resync_pending = True
+        delay_s = self._backoff.next()
+        self._retry_at = now + delay_s
+        if self._outage != kind:
+            if self._outage is None:
+                self._outage_since = now
+            self._outage = kind
+            if kind == "forbidden":
+                self._log.error(
+                    "consul_permission_denied",
+                    url=self._url,
+                    error=str(exc),
+                    hint="check consul.token (sent as X-Consul-Token) and its ACL policy",
+                    action="will retry",
+                )
+            elif kind == "unreachable":
+                self._log.warning(
+                    "consul_unreachable", url=self._url, error=str(exc), action="will retry"
+                )
+            else:
+                self._log.error(
+                    "consul_sync_error", url=self._url, error=str(exc), action="will retry"
+                )
+        return delay_s
+
+    def _rejected(self, entry: _Entry, exc: ConsulError) -> None:
+        message = str(exc)
+        if entry.rejected != message:
+            self._log.error(
+                "consul_registration_rejected",
+                service_id=entry.service.id,
+                error=message,
+                action="will retry at the next resync",
+            )
+        entry.rejected = message
+        self._last_error = message
+
+    def _next_due(self) -> float:
+        now = self._clock()
+        due = self._next_resync_at
+        for entry in self._entries.values():
+            if entry.registered and entry.status is not None and entry.next_beat_at is not None:
+                due = min(due, entry.next_beat_at)
+        return max(due - now, 0.0)
+
+    def _registered_count(self) -> int:
+        return sum(1 for entry in self._entries.values() if entry.registered)
