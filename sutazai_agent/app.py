@@ -1,0 +1,204 @@
+"""Composition root and lifecycle: the only place concrete classes meet.
+
+Phases, as in uvicorn: startup (open the outbox, clients and the HTTP server, schedule the
+probes) → main loop (the scheduler, with the outbox writer, registrar and publisher running
+beside it) → shutdown (stop probing, let in-flight probes finish within the grace period,
+write their transitions, flush the outbox for a bounded time, close everything). Signal
+handlers only set flags; a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from contextlib import AsyncExitStack
+from datetime import datetime
+from typing import Any
+
+import structlog
+from prometheus_client import disable_created_metrics
+
+from sutazai_agent import __version__
+from sutazai_agent.config import AgentConfig, ServiceConfig
+from sutazai_agent.consul_api import ConsulClient
+from sutazai_agent.metrics import Metrics
+from sutazai_agent.model import ProbeResult, utcnow
+from sutazai_agent.monitor import Monitor
+from sutazai_agent.outbox import SqliteOutbox
+from sutazai_agent.probes import build_probe, make_session, run_probe
+from sutazai_agent.protocols import Clock, Probe
+from sutazai_agent.publisher import RabbitPublisher
+from sutazai_agent.registrar import ConsulRegistrar
+from sutazai_agent.scheduler import Job, Scheduler
+from sutazai_agent.web import WebServer, make_app
+
+log = structlog.get_logger(__name__)
+STALL_S = 5.0
+"""/healthz turns 503 when the scheduler has not ticked for this long."""
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, clock: Clock = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self.metrics = Metrics()
+        self.started_at = utcnow()
+        self.scheduler = Scheduler(
+            clock, config.max_concurrency, self.metrics.scheduler_lag.observe
+        )
+        self._signals = 0
+        self._exit_code = 0
+        self._monitor: Monitor | None = None
+        self._registrar: ConsulRegistrar | None = None
+        self._publisher: RabbitPublisher | None = None
+        self._outbox: SqliteOutbox | None = None
+        self.http_port: int | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def main(self) -> int:
+        """Run until SIGTERM/SIGINT; return the process exit code."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        try:
+            await self.serve()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        return self._exit_code
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("forced_exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("shutdown_requested", signal=signal.Signals(signum).name)
+        self.stop()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+    async def serve(self) -> None:
+        config = self.config
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # halves the series count
+        async with AsyncExitStack() as stack:
+            session = make_session(config.max_concurrency)
+            stack.push_async_callback(session.close)
+            outbox = await stack.enter_async_context(
+                SqliteOutbox(
+                    config.state_dir, config.agent_id, config.outbox.max_events, self.metrics
+                )
+            )
+            consul = await stack.enter_async_context(ConsulClient(config.consul))
+            registrar = ConsulRegistrar(
+                consul, config.consul, config.agent_id, config.services, self.metrics, self._clock
+            )
+            publisher = await stack.enter_async_context(
+                RabbitPublisher(config.rabbitmq, config.agent_id, outbox, self.metrics)
+            )
+            monitor = Monitor(config, outbox, registrar, publisher, self.metrics)
+            self._outbox, self._registrar, self._publisher = outbox, registrar, publisher
+            self._monitor = monitor
+            for service in config.services:
+                timeout_s = config.timeout_for(service)
+                probe = build_probe(service, session, timeout_s)
+                job = self._job(monitor, service, probe, timeout_s)
+                self.scheduler.add(service.name, config.interval_for(service), job)
+            web = await stack.enter_async_context(
+                WebServer(make_app(self, self.metrics.registry), config.http.host, config.http.port)
+            )
+            self.http_port = web.port
+            log.info(
+                "agent_started",
+                agent_id=config.agent_id,
+                version=__version__,
+                services=len(config.services),
+            )
+            await self._main_loop(monitor, registrar, publisher)
+            await self._shutdown(monitor, publisher)
+        log.info("agent_stopped", exit_code=self._exit_code)
+
+    async def _main_loop(
+        self, monitor: Monitor, registrar: ConsulRegistrar, publisher: RabbitPublisher
+    ) -> None:
+        scheduler = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        self._background = {
+            asyncio.create_task(monitor.run(), name="outbox-writer"),
+            asyncio.create_task(registrar.run(), name="registrar"),
+            asyncio.create_task(publisher.run(), name="publisher"),
+        }
+        done, _ = await asyncio.wait(
+            {scheduler, *self._background}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is not scheduler or task.exception() is not None:
+                log.error("task_died", task=task.get_name(), error=repr(task.exception()))
+                self._exit_code = 1
+        self.scheduler.stop()
+        await asyncio.wait({scheduler})
+
+    async def _shutdown(self, monitor: Monitor, publisher: RabbitPublisher) -> None:
+        cancelled = await self.scheduler.drain(self.config.shutdown_grace_s)
+        if cancelled:
+            log.warning("probes_cancelled_at_shutdown", count=cancelled)
+        if not await monitor.flush(self.config.shutdown_grace_s):
+            log.error("transitions_not_written_at_shutdown")
+        await publisher.flush(self.config.outbox.flush_on_shutdown_s)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _job(self, monitor: Monitor, service: ServiceConfig, probe: Probe, timeout_s: float) -> Job:
+        name = service.name
+
+        async def job() -> None:
+            result: ProbeResult = await run_probe(probe, timeout_s)
+            monitor.record(name, result)
+
+        return job
+
+    # --- what the endpoints show ---------------------------------------------------------
+    def healthy(self) -> bool:
+        tick = self.scheduler.last_tick
+        return tick is not None and self._clock() - tick < STALL_S
+
+    def ready(self) -> bool:
+        return self._monitor is not None and self._monitor.ready()
+
+    def status(self) -> dict[str, Any]:
+        tick = self.scheduler.last_tick
+        return {
+            "agent": {
+                "id": self.config.agent_id,
+                "version": __version__,
+                "started_at": _iso(self.started_at),
+            },
+            "services": [] if self._monitor is None else self._monitor.snapshot(),
+            "consul": {} if self._registrar is None else self._registrar.status(),
+            "rabbitmq": {} if self._publisher is None else self._publisher.status(),
+            "outbox": {}
+            if self._outbox is None
+            else {"pending": self._outbox.pending(), "max_events": self.config.outbox.max_events},
+            "scheduler": {
+                "dispatched": self.scheduler.dispatched,
+                "skipped": self.scheduler.skipped,
+                "last_tick_age_s": None if tick is None else round(self._clock() - tick, 3),
+            },
+        }
+
+
+async def check_once(config: AgentConfig) -> list[tuple[ServiceConfig, ProbeResult]]:
+    """Probe every service once, concurrently (the ``check`` command)."""
+    async with make_session(config.max_concurrency) as session:
+
+        async def one(service: ServiceConfig) -> tuple[ServiceConfig, ProbeResult]:
+            timeout_s = config.timeout_for(service)
+            return service, await run_probe(build_probe(service, session, timeout_s), timeout_s)
+
+        return list(await asyncio.gather(*(one(s) for s in config.services)))
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
