@@ -307,6 +307,30 @@ class AgentConfig(BaseSettings):
         # Environment overrides the YAML file (passed as init kwargs), never the other way.
         return env_settings, init_settings
 
+    @model_validator(mode="before")
+    @classmethod
+    def _broker_credentials(cls, data: Any) -> Any:
+        """A rabbitmq service whose ``amqp_url`` has no credentials uses ``rabbitmq.url``'s,
+        so the password lives in one place (one env variable) and not in the service list."""
+        if not isinstance(data, dict) or not isinstance(data.get("services"), list):
+            return data
+        broker = data.get("rabbitmq")
+        url = broker.get("url") if isinstance(broker, dict) else None
+        parts = urlsplit(url if isinstance(url, str) else RabbitmqConfig().url)
+        if parts.username is None:
+            return data
+        userinfo = parts.netloc.rpartition("@")[0]
+        services = []
+        for entry in data["services"]:
+            amqp = entry.get("amqp_url") if isinstance(entry, dict) else None
+            if isinstance(amqp, str) and entry.get("kind") == "rabbitmq" and "@" not in amqp:
+                target = urlsplit(amqp)
+                netloc = f"{userinfo}@{target.netloc}"
+                services.append({**entry, "amqp_url": urlunsplit(target._replace(netloc=netloc))})
+            else:
+                services.append(entry)
+        return {**data, "services": services}
+
     @model_validator(mode="after")
     def _check(self) -> AgentConfig:
         if self.timeout_s >= self.interval_s:

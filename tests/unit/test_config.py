@@ -176,3 +176,17 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 2
     assert cli.main(["events", "--count", "0"]) == 2
     assert "--count" in capsys.readouterr().err
+
+
+def test_a_rabbitmq_service_without_credentials_takes_the_brokers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = [
+        {"name": "mq", "kind": "rabbitmq", "amqp_url": "amqp://rabbitmq:5672/"},
+        {"name": "mq2", "kind": "rabbitmq", "amqp_url": "amqp://own:creds@other:5672/"},
+    ]
+    monkeypatch.setenv("SUTAZAI_AGENT_RABBITMQ__URL", "amqp://app:s3cret@rabbitmq:5672/")
+    cfg = config.load(write(tmp_path, {"services": services}))
+    assert cfg.services[0].amqp_url == "amqp://app:s3cret@rabbitmq:5672/"  # type: ignore[union-attr]
+    assert cfg.services[1].amqp_url == "amqp://own:creds@other:5672/"  # type: ignore[union-attr]
+    assert "s3cret" in cfg.secrets()
