@@ -1,0 +1,401 @@
+"""deploy/docker-compose.yml: valid Compose, the seed's ports, health, and a coherent stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import jsonschema
+import pytest
+import yaml
+
+from sutazai_agent import config
+from tests.deploy.support import (
+    AGENT,
+    AGENT_CONFIG,
+    COMPOSE_SCHEMA,
+    ENV_EXAMPLE,
+    STATUS_KEY_MARKER,
+    InterpolationError,
+    PortMapping,
+    compose,
+    describe,
+    duration_s,
+    environment,
+    interpolate,
+    ports,
+    raw_compose,
+    read_dotenv,
+    run,
+)
+
+# The seed's architecture: service -> {(host_ip, published, target, protocol)}.
+# Only Kong's proxy is published on every interface ("" = all); admin APIs, Consul, the
+# broker, Prometheus and the agent are bound to the host's loopback.
+SEED_PORTS = {
+    "kong": {("", 10005, 8000, "tcp"), ("127.0.0.1", 8001, 8001, "tcp")},
+    "consul": {
+        ("127.0.0.1", 10006, 8500, "tcp"),
+        ("127.0.0.1", 8600, 8600, "tcp"),
+        ("127.0.0.1", 8600, 8600, "udp"),
+    },
+    "rabbitmq": {("127.0.0.1", 10007, 5672, "tcp"), ("127.0.0.1", 10008, 15672, "tcp")},
+    "prometheus": {("127.0.0.1", 10200, 9090, "tcp")},
+    AGENT: {("127.0.0.1", 10220, 10220, "tcp")},
+}
+NETWORK = "sutazai-network"
+
+
+def agent_config(monkeypatch: pytest.MonkeyPatch) -> config.AgentConfig:
+    """deploy/sutazai-agent.yaml loaded with the agent container's environment."""
+    for name in [n for n in os.environ if n.startswith("SUTAZAI_AGENT_")]:
+        monkeypatch.delenv(name)
+    for name, value in environment(compose()["services"][AGENT]).items():
+        monkeypatch.setenv(name, value)
+    return config.load(AGENT_CONFIG)
+
+
+def test_the_compose_file_is_valid_against_the_compose_specification() -> None:
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = sorted(validator.iter_errors(compose()), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+
+
+def test_the_schema_rejects_what_compose_rejects() -> None:
+    # The vendored schema must be the real one: it knows the keys and their types.
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft201909Validator(schema)
+    broken = compose()
+    broken["services"]["kong"]["healthchek"] = broken["services"]["kong"].pop("healthcheck")
+    broken["services"][AGENT]["depends_on"]["consul"]["condition"] = "service_ready"
+    messages = [error.message for error in validator.iter_errors(broken)]
+    assert len(messages) == 2, messages
+
+
+def test_every_service_has_a_pinned_image_a_healthcheck_and_a_restart_policy() -> None:
+    for name, service in compose()["services"].items():
+        image = service["image"]
+        repository, _, tag = image.rpartition(":")
+        assert repository, f"{name}: {image!r} has no tag"
+        assert tag not in {"latest", ""}, f"{name}: {image!r} is not pinned"
+        assert re.search(r"\d+\.\d+\.\d+", tag), f"{name}: {image!r} is not pinned to a patch"
+        test = service["healthcheck"]["test"]
+        assert test[0] in {"CMD", "CMD-SHELL"}, name
+        assert len(test) > 1, name
+        assert not service["healthcheck"].get("disable"), name
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_the_images_are_the_issue_versions() -> None:
+    services = compose()["services"]
+    assert services["kong"]["image"].startswith("kong:3.5.")
+    assert services["consul"]["image"].startswith("hashicorp/consul:1.17.")
+    assert re.fullmatch(r"rabbitmq:3\.12\.\d+-management", services["rabbitmq"]["image"])
+    assert services["prometheus"]["image"].startswith("prom/prometheus:v2.")
+
+
+def test_ports_match_the_seed_and_only_the_gateway_is_public() -> None:
+    services = compose()["services"]
+    published = {
+        name: {(p.host_ip, p.published, p.target, p.protocol) for p in ports(service)}
+        for name, service in services.items()
+    }
+    assert published == SEED_PORTS
+
+
+def test_the_amqp_bind_address_comes_from_the_env_file() -> None:
+    env = read_dotenv(ENV_EXAMPLE) | {"RABBITMQ_AMQP_BIND": "0.0.0.0"}
+    mapped = ports(compose(env)["services"]["rabbitmq"])
+    assert PortMapping("0.0.0.0", 10007, 5672, "tcp") in mapped
+    assert PortMapping("127.0.0.1", 10008, 15672, "tcp") in mapped  # management stays local
+
+
+def test_kong_admin_is_bound_to_loopback_only() -> None:
+    kong = ports(compose()["services"]["kong"])
+    admin = [p for p in kong if p.target == 8001]
+    assert admin == [PortMapping("127.0.0.1", 8001, 8001, "tcp")]
+    assert all(p.target != 8100 for p in kong), "the status listener is for the network only"
+
+
+def test_everything_is_on_the_external_sutazai_network() -> None:
+    data = compose()
+    assert data["networks"] == {NETWORK: {"external": True}}
+    for name, service in data["services"].items():
+        assert service["networks"] == [NETWORK], name
+
+
+def test_named_volumes_keep_the_state_of_consul_rabbitmq_prometheus_and_the_agent() -> None:
+    data = compose()
+    expected = {
+        "consul": "/consul/data",
+        "rabbitmq": "/var/lib/rabbitmq",
+        "prometheus": "/prometheus",
+        AGENT: "/var/lib/sutazai-agent",
+    }
+    for name, target in expected.items():
+        named = {
+            volume.split(":")[0]
+            for volume in data["services"][name]["volumes"]
+            if volume.split(":")[1] == target
+        }
+        assert len(named) == 1, f"{name}: nothing mounted at {target}"
+        assert named <= set(data["volumes"]), f"{name}: {named} is not a named volume"
+
+
+def test_start_order_waits_for_health_where_it_matters() -> None:
+    services = compose()["services"]
+    assert services["kong"]["depends_on"] == {"consul": {"condition": "service_healthy"}}
+    agent = services[AGENT]["depends_on"]
+    assert agent["consul"] == {"condition": "service_healthy"}
+    assert agent["rabbitmq"] == {"condition": "service_healthy"}
+    # Kong is only a watched target: the agent must start (and report it) when it is unhealthy.
+    assert agent["kong"] == {"condition": "service_started"}
+    assert "depends_on" not in services["prometheus"]
+
+
+def test_kong_runs_db_less_with_logs_on_stdio_and_a_status_listener() -> None:
+    env = environment(compose()["services"]["kong"])
+    assert env["KONG_DATABASE"] == "off"
+    assert env["KONG_DECLARATIVE_CONFIG"]
+    for name in ("KONG_PROXY_ACCESS_LOG", "KONG_ADMIN_ACCESS_LOG"):
+        assert env[name] == "/dev/stdout"
+    for name in ("KONG_PROXY_ERROR_LOG", "KONG_ADMIN_ERROR_LOG"):
+        assert env[name] == "/dev/stderr"
+    assert env["KONG_STATUS_LISTEN"] == "0.0.0.0:8100"
+    assert env["KONG_ADMIN_LISTEN"] == "0.0.0.0:8001"
+    assert env["KONG_PROXY_LISTEN"] == "0.0.0.0:8000"
+    assert env["SUTAZAI_CONSUL_DNS"] == "consul:8600"
+    assert "SRV" in env["KONG_DNS_ORDER"].split(",")
+
+
+def test_consul_runs_a_single_server_with_ui_and_dns_forwarding() -> None:
+    command = compose()["services"]["consul"]["command"]
+    for flag in ("agent", "-server", "-bootstrap-expect=1", "-ui", "-client=0.0.0.0"):
+        assert flag in command
+    assert "-recursor=127.0.0.11" in command  # Kong still resolves container names
+
+
+def test_rabbitmq_credentials_come_from_the_env_file() -> None:
+    raw = environment(raw_compose()["services"]["rabbitmq"])
+    assert raw["RABBITMQ_DEFAULT_USER"].startswith("${RABBITMQ_DEFAULT_USER:?")
+    assert raw["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_DEFAULT_PASS:?")
+    example = read_dotenv(ENV_EXAMPLE)
+    env = environment(compose()["services"]["rabbitmq"])
+    assert env["RABBITMQ_DEFAULT_USER"] == example["RABBITMQ_DEFAULT_USER"] != "guest"
+    assert env["RABBITMQ_DEFAULT_PASS"] == example["RABBITMQ_DEFAULT_PASS"]
+    assert "guest" in ENV_EXAMPLE.read_text(encoding="utf-8")  # the development-only note
+
+
+@pytest.mark.parametrize(
+    "missing", ["RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS", "SUTAZAI_STATUS_API_KEY"]
+)
+def test_compose_refuses_to_start_without_a_credential(missing: str) -> None:
+    env = read_dotenv(ENV_EXAMPLE)
+    del env[missing]
+    with pytest.raises(InterpolationError, match=missing):
+        compose(env)
+
+
+def test_no_credential_is_written_into_the_deploy_files() -> None:
+    example = read_dotenv(ENV_EXAMPLE)
+    secrets = [example["RABBITMQ_DEFAULT_PASS"], example["SUTAZAI_STATUS_API_KEY"]]
+    deploy = Path(AGENT_CONFIG).parent
+    for path in [*deploy.rglob("*.yml"), *deploy.rglob("*.yaml")]:
+        text = path.read_text(encoding="utf-8")
+        for secret in secrets:
+            assert secret not in text, f"{path} contains a credential"
+        assert "guest:guest" not in text, path
+
+
+def test_the_agent_config_loads_with_the_compose_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = agent_config(monkeypatch)
+    example = read_dotenv(ENV_EXAMPLE)
+    assert cfg.agent_id == example["SUTAZAI_AGENT_ID"]
+    assert cfg.http.host == "0.0.0.0"
+    assert cfg.http.port == 10220
+    assert str(cfg.state_dir) == "/var/lib/sutazai-agent"
+    assert cfg.consul.url == "http://consul:8500"
+    broker = urlsplit(cfg.rabbitmq.url)
+    assert (broker.hostname, broker.port) == ("rabbitmq", 5672)
+    assert broker.username == example["RABBITMQ_DEFAULT_USER"]
+    assert broker.password == example["RABBITMQ_DEFAULT_PASS"]
+    services = {service.name: service for service in cfg.services}
+    assert set(services) == {"kong", "consul", "rabbitmq", "backend"}
+    kong = services["kong"]
+    assert isinstance(kong, config.KongService)
+    assert (kong.admin_url, kong.proxy_url, kong.status_url) == (
+        "http://kong:8001",
+        "http://kong:8000",
+        "http://kong:8100",
+    )
+    consul = services["consul"]
+    assert isinstance(consul, config.ConsulService)
+    assert consul.url == cfg.consul.url
+    assert not consul.register_service
+    rabbitmq = services["rabbitmq"]
+    assert isinstance(rabbitmq, config.RabbitmqService)
+    assert rabbitmq.amqp_url == cfg.rabbitmq.url
+    assert rabbitmq.management_url == "http://rabbitmq:15672"
+    backend = services["backend"]
+    assert isinstance(backend, config.HttpService)
+    # Kong routes the backend API to backend.service.consul: the agent registers it.
+    assert backend.register_service
+    assert config.registration_address(backend) == ("backend", 10010)
+
+
+def test_the_agent_reaches_each_service_where_it_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = compose()
+    listening: dict[str, set[int]] = {
+        name: {p.target for p in ports(service)} for name, service in data["services"].items()
+    }
+    kong_env = environment(data["services"]["kong"])
+    listening["kong"] |= {
+        int(kong_env[name].rpartition(":")[2])
+        for name in ("KONG_PROXY_LISTEN", "KONG_ADMIN_LISTEN", "KONG_STATUS_LISTEN")
+    }
+    cfg = agent_config(monkeypatch)
+    urls = [cfg.consul.url, cfg.rabbitmq.url]
+    for service in cfg.services:
+        urls += [
+            url
+            for attr in (
+                "url",
+                "amqp_url",
+                "management_url",
+                "admin_url",
+                "proxy_url",
+                "status_url",
+            )
+            if (url := getattr(service, attr, None))
+        ]
+    for url in urls:
+        host, port = config.url_host_port(url)
+        if host == "backend":
+            continue  # the SutazAI backend runs in its own compose project on the same network
+        assert host in listening, f"{config.redact_url(url)}: no service {host!r} in compose"
+        assert port in listening[host], f"{config.redact_url(url)}: {host} does not listen there"
+
+
+def test_the_agent_container_mounts_its_config_and_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = compose()["services"][AGENT]
+    env = environment(agent)
+    mounts = dict(volume.split(":")[1::-1] for volume in agent["volumes"])
+    assert mounts[env["SUTAZAI_AGENT_CONFIG"]] == "./sutazai-agent.yaml"
+    assert mounts[str(agent_config(monkeypatch).state_dir)] == "agent-state"
+    assert agent["build"] == {"context": "..", "dockerfile": "Dockerfile"}
+    assert agent["init"] is True
+
+
+def test_the_stop_grace_period_covers_the_agent_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = compose()["services"][AGENT]
+    cfg = agent_config(monkeypatch)
+    assert agent["stop_signal"] == "SIGTERM"
+    needed = cfg.shutdown_grace_s + cfg.outbox.flush_on_shutdown_s
+    assert duration_s(agent["stop_grace_period"]) >= needed + 2
+
+
+def test_the_agent_healthcheck_probes_its_own_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    test = compose()["services"][AGENT]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "sutazai-agent", "healthcheck"]
+    url = test[test.index("--url") + 1]
+    assert urlsplit(url).port == agent_config(monkeypatch).http.port
+    assert urlsplit(url).path == "/healthz"
+
+
+# --- Kong's start command ------------------------------------------------------------------
+
+
+def kong_start_script(tmp_path: Path) -> tuple[str, Path]:
+    """The Kong container's shell command, made runnable here: Kong's entrypoint becomes `env`
+    and the mounted template becomes a copy in tmp_path."""
+    kong = compose()["services"]["kong"]
+    assert kong["entrypoint"] == ["/bin/sh", "-ec"]
+    script = kong["command"][0]
+    start = "exec /docker-entrypoint.sh kong docker-start"
+    assert start in script
+    template = tmp_path / "kong.yml"
+    template.write_text((Path(AGENT_CONFIG).parent / "kong" / "kong.yml").read_text("utf-8"))
+    assert "/kong/kong.yml" in script
+    script = script.replace(start, "exec env").replace("/kong/kong.yml", str(template))
+    return script, template
+
+
+def fake_getent(tmp_path: Path, answer: str) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    getent = bin_dir / "getent"
+    body = f"printf '%s\\n' '{answer}'" if answer else "exit 2"
+    getent.write_text(f'#!/bin/sh\n[ "$1" = ahostsv4 ] && [ "$2" = consul ] || exit 2\n{body}\n')
+    getent.chmod(0o755)
+    return bin_dir
+
+
+def run_kong_start(
+    tmp_path: Path, *, key: str, answer: str = "172.20.0.5      STREAM consul"
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    script, _ = kong_start_script(tmp_path)
+    bin_dir = fake_getent(tmp_path, answer)
+    env = environment(compose()["services"]["kong"])
+    env |= {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "SUTAZAI_STATUS_API_KEY": key,
+        "KONG_DECLARATIVE_CONFIG": str(tmp_path / "rendered.yml"),
+    }
+    return run(["/bin/sh", "-ec", script], env=env, timeout_s=30), tmp_path / "rendered.yml"
+
+
+def test_kong_start_points_dns_at_consul_and_renders_the_status_key(tmp_path: Path) -> None:
+    key = "k" * 16 + "0123456789abcdef-_.~"
+    result, rendered = run_kong_start(tmp_path, key=key)
+    assert result.returncode == 0, describe(result)
+    started_with = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
+    assert started_with["KONG_DNS_RESOLVER"] == "172.20.0.5:8600"
+    assert "SUTAZAI_STATUS_API_KEY" not in started_with  # Kong never sees the raw variable
+    declarative = yaml.safe_load(rendered.read_text(encoding="utf-8"))
+    keys = [
+        credential["key"]
+        for consumer in declarative["consumers"]
+        for credential in consumer.get("keyauth_credentials", [])
+    ]
+    assert keys == [key]
+    assert STATUS_KEY_MARKER not in rendered.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("too-short-0123456789", "at least 32"),
+        ("", "at least 32"),
+        ("x" * 32 + "/evil", "may only contain"),
+        ("x" * 32 + " space", "may only contain"),
+    ],
+)
+def test_kong_refuses_to_start_with_a_bad_status_key(
+    tmp_path: Path, key: str, message: str
+) -> None:
+    result, rendered = run_kong_start(tmp_path, key=key)
+    assert result.returncode != 0, describe(result)
+    assert message in result.stderr
+    assert not rendered.exists()
+
+
+def test_kong_refuses_to_start_when_consul_does_not_resolve(tmp_path: Path) -> None:
+    result, _ = run_kong_start(tmp_path, key="x" * 40, answer="")
+    assert result.returncode != 0, describe(result)
+    assert "cannot resolve consul" in result.stderr
+
+
+def test_interpolation_follows_the_compose_rules() -> None:
+    env = {"SET": "v", "EMPTY": ""}
+    assert interpolate("$$HOME ${SET} $SET", env) == "$HOME v v"
+    assert interpolate("${EMPTY:-d} ${EMPTY-d} ${UNSET-d}", env) == "d  d"
+    assert interpolate("${SET:?e}", env) == "v"
+    with pytest.raises(InterpolationError):
+        interpolate("${EMPTY:?e}", env)
