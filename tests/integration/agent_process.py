@@ -34,7 +34,7 @@ class AgentProcess:
         self.config = {
             "agent_id": "e2e",
             "state_dir": str(workdir / "state"),
-            "log": {"level": "debug", "format": "json"},
+            "log": {"level": "info", "format": "json"},
             **config,
             "http": {"host": "127.0.0.1", "port": self.port},
         }
