@@ -29,6 +29,7 @@ PROMETHEUS_DIR = DEPLOY / "prometheus"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_SCHEMA = Path(__file__).with_name("compose-spec.json")
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 
 AGENT = "sutazai-agent"
 STATUS_KEY_MARKER = "__SUTAZAI_STATUS_API_KEY__"

@@ -17,7 +17,9 @@ from sutazai_agent import config
 from tests.deploy.support import (
     AGENT,
     AGENT_CONFIG,
+    COMPOSE_FILE,
     COMPOSE_SCHEMA,
+    DEPLOYMENT_DOC,
     ENV_EXAMPLE,
     STATUS_KEY_MARKER,
     InterpolationError,
@@ -48,13 +50,22 @@ SEED_PORTS = {
     AGENT: {("127.0.0.1", 10220, 10220, "tcp")},
 }
 NETWORK = "sutazai-network"
+UP = "docker compose -f deploy/docker-compose.yml up -d --build"
+# What compose falls back to without deploy/.env: RabbitMQ credentials that say what they are
+# (tolerable because the broker's ports are bound to 127.0.0.1), and no status API key at all.
+DEV_RABBITMQ_USER = "sutazai"
+DEV_RABBITMQ_PASS = "dev-only-rabbitmq-password"
+STATUS_KEY_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 
 
-def agent_config(monkeypatch: pytest.MonkeyPatch) -> config.AgentConfig:
-    """deploy/sutazai-agent.yaml loaded with the agent container's environment."""
+def agent_config(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None
+) -> config.AgentConfig:
+    """deploy/sutazai-agent.yaml loaded with the agent container's environment (compose run
+    with `env` as deploy/.env; the example file by default)."""
     for name in [n for n in os.environ if n.startswith("SUTAZAI_AGENT_")]:
         monkeypatch.delenv(name)
-    for name, value in environment(compose()["services"][AGENT]).items():
+    for name, value in environment(compose(env)["services"][AGENT]).items():
         monkeypatch.setenv(name, value)
     return config.load(AGENT_CONFIG)
 
@@ -122,11 +133,39 @@ def test_kong_admin_is_bound_to_loopback_only() -> None:
     assert all(p.target != 8100 for p in kong), "the status listener is for the network only"
 
 
-def test_everything_is_on_the_external_sutazai_network() -> None:
+def test_everything_is_on_sutazai_network_which_compose_creates_under_that_name() -> None:
     data = compose()
-    assert data["networks"] == {NETWORK: {"external": True}}
+    # Not external (compose would refuse to start until someone ran `docker network create`),
+    # and named explicitly: without `name:` compose would create `sutazai_sutazai-network`,
+    # which the other SutazAI projects, joining `sutazai-network` as external, would not find.
+    assert data["networks"] == {NETWORK: {"name": NETWORK}}
     for name, service in data["services"].items():
         assert service["networks"] == [NETWORK], name
+
+
+def sh_commands(block: str) -> list[str]:
+    """The commands of a shell snippet, trailing comments dropped, continuations joined."""
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [line.split("  #")[0].strip() for line in joined.splitlines() if line.strip()]
+
+
+def test_the_compose_header_and_the_docs_bring_the_stack_up_with_one_command() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    header = text[: text.index("\nname: ")]
+    assert sh_commands("\n".join(re.findall(r"^#   (\S.*)$", header, re.MULTILINE))) == [UP]
+    assert "external: true" in header  # how the other SutazAI projects join the network
+    bring_up = DEPLOYMENT_DOC.read_text(encoding="utf-8").split("\n## Bring-up\n")[1]
+    bring_up = bring_up.split("\n## ")[0]
+    assert "name: sutazai-network" in bring_up
+    assert "external: true" in bring_up
+    blocks = re.split(r"```sh\n(.*?)```", bring_up, flags=re.DOTALL)
+    prose, snippets = blocks[0::2], blocks[1::2]
+    assert sh_commands(snippets[0]) == [UP, "docker compose -f deploy/docker-compose.yml ps"]
+    for before, snippet in zip(prose, snippets, strict=False):
+        for command in sh_commands(snippet):
+            assert not command.startswith("docker network"), command
+            if command.startswith("cp "):
+                assert "Optional" in before, "copying .env must read as optional"
 
 
 def test_named_volumes_keep_the_state_of_consul_rabbitmq_prometheus_and_the_agent() -> None:
@@ -180,41 +219,99 @@ def test_consul_runs_a_single_server_with_ui_and_dns_forwarding() -> None:
     assert "-recursor=127.0.0.11" in command  # Kong still resolves container names
 
 
-def test_rabbitmq_credentials_come_from_the_env_file() -> None:
+REAL_ENV = {
+    "RABBITMQ_DEFAULT_USER": "ops",
+    "RABBITMQ_DEFAULT_PASS": "Real-Secret-9f8e7d6c",
+    "SUTAZAI_STATUS_API_KEY": "s" * 16 + "0123456789abcdef",
+}
+
+
+def broker_credentials(data: dict[str, object]) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(the broker's user/password, those in the agent's SUTAZAI_AGENT_RABBITMQ__URL)."""
+    services = data["services"]
+    assert isinstance(services, dict)
+    broker = environment(services["rabbitmq"])
+    url = urlsplit(environment(services[AGENT])["SUTAZAI_AGENT_RABBITMQ__URL"])
+    return (
+        (broker["RABBITMQ_DEFAULT_USER"], broker["RABBITMQ_DEFAULT_PASS"]),
+        (url.username or "", url.password or ""),
+    )
+
+
+def test_the_stack_starts_without_an_env_file() -> None:
+    # A fresh clone has no deploy/.env: no variable may be required (${VAR:?...}).
+    assert not re.search(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?\?", COMPOSE_FILE.read_text("utf-8"))
+    data = compose({})  # raises InterpolationError on any required variable
+    broker, agent = broker_credentials(data)
+    assert broker == agent == (DEV_RABBITMQ_USER, DEV_RABBITMQ_PASS)
+    assert "guest" not in broker
+    assert "dev-only" in broker[1]  # says what it is
+    # ... tolerable only because the broker is then reachable from this host alone.
+    assert {p.host_ip for p in ports(data["services"]["rabbitmq"])} == {"127.0.0.1"}
+    assert environment(data["services"]["kong"])["SUTAZAI_STATUS_API_KEY"] == ""
+
+
+def test_rabbitmq_credentials_come_from_the_env_file_when_there_is_one() -> None:
     raw = environment(raw_compose()["services"]["rabbitmq"])
-    assert raw["RABBITMQ_DEFAULT_USER"].startswith("${RABBITMQ_DEFAULT_USER:?")
-    assert raw["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_DEFAULT_PASS:?")
+    assert raw["RABBITMQ_DEFAULT_USER"] == f"${{RABBITMQ_DEFAULT_USER:-{DEV_RABBITMQ_USER}}}"
+    assert raw["RABBITMQ_DEFAULT_PASS"] == f"${{RABBITMQ_DEFAULT_PASS:-{DEV_RABBITMQ_PASS}}}"
+    broker, agent = broker_credentials(compose(REAL_ENV))
+    assert broker == agent == (REAL_ENV["RABBITMQ_DEFAULT_USER"], REAL_ENV["RABBITMQ_DEFAULT_PASS"])
     example = read_dotenv(ENV_EXAMPLE)
-    env = environment(compose()["services"]["rabbitmq"])
-    assert env["RABBITMQ_DEFAULT_USER"] == example["RABBITMQ_DEFAULT_USER"] != "guest"
-    assert env["RABBITMQ_DEFAULT_PASS"] == example["RABBITMQ_DEFAULT_PASS"]
+    broker, agent = broker_credentials(compose(example))
+    assert broker == agent == (example["RABBITMQ_DEFAULT_USER"], example["RABBITMQ_DEFAULT_PASS"])
+    assert example["RABBITMQ_DEFAULT_USER"] != "guest"
     assert "guest" in ENV_EXAMPLE.read_text(encoding="utf-8")  # the development-only note
 
 
-@pytest.mark.parametrize(
-    "missing", ["RABBITMQ_DEFAULT_USER", "RABBITMQ_DEFAULT_PASS", "SUTAZAI_STATUS_API_KEY"]
-)
-def test_compose_refuses_to_start_without_a_credential(missing: str) -> None:
-    env = read_dotenv(ENV_EXAMPLE)
-    del env[missing]
-    with pytest.raises(InterpolationError, match=missing):
-        compose(env)
+def test_the_status_api_key_has_no_default() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    uses = re.findall(r"(?<!\$)\$\{SUTAZAI_STATUS_API_KEY([^}]*)\}", text)  # not $$
+    assert uses == [":-"], uses  # passed through as is; unset -> empty, never a known value
+    kong = raw_compose()["services"]["kong"]
+    assert environment(kong)["SUTAZAI_STATUS_API_KEY"] == "${SUTAZAI_STATUS_API_KEY:-}"
+    for env in ({}, {"SUTAZAI_STATUS_API_KEY": ""}):
+        assert environment(compose(env)["services"]["kong"])["SUTAZAI_STATUS_API_KEY"] == ""
+    key = REAL_ENV["SUTAZAI_STATUS_API_KEY"]
+    assert environment(compose(REAL_ENV)["services"]["kong"])["SUTAZAI_STATUS_API_KEY"] == key
+    # Copying .env.example must not install a publicly known key either.
+    assert read_dotenv(ENV_EXAMPLE)["SUTAZAI_STATUS_API_KEY"] == ""
+
+
+def string_leaves(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in string_leaves(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in string_leaves(value)]
+    return [node] if isinstance(node, str) else []
 
 
 def test_no_credential_is_written_into_the_deploy_files() -> None:
-    example = read_dotenv(ENV_EXAMPLE)
-    secrets = [example["RABBITMQ_DEFAULT_PASS"], example["SUTAZAI_STATUS_API_KEY"]]
     deploy = Path(AGENT_CONFIG).parent
     for path in [*deploy.rglob("*.yml"), *deploy.rglob("*.yaml")]:
         text = path.read_text(encoding="utf-8")
-        for secret in secrets:
+        if path == COMPOSE_FILE:
+            # The dev-only password may appear only as the default of its own variable.
+            text = re.sub(
+                r"\$\{RABBITMQ_DEFAULT_PASS:-" + re.escape(DEV_RABBITMQ_PASS) + r"\}", "", text
+            )
+        for secret in (DEV_RABBITMQ_PASS, REAL_ENV["RABBITMQ_DEFAULT_PASS"]):
             assert secret not in text, f"{path} contains a credential"
         assert "guest:guest" not in text, path
+        # No userinfo in any URL value: credentials only through SUTAZAI_AGENT_RABBITMQ__URL.
+        for value in string_leaves(yaml.safe_load(path.read_text(encoding="utf-8"))):
+            for url in re.findall(r"[a-z]+://[^\s\"']+", value):
+                assert "@" not in url or url.startswith("amqp://${"), f"{path}: {url}"
+    assert ".env" in (deploy / ".gitignore").read_text(encoding="utf-8").split()
 
 
 def test_the_agent_config_loads_with_the_compose_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    agent_env = environment(compose()["services"][AGENT])
+    # The services come from sutazai-agent.yaml: an env list would replace it wholesale.
+    assert "SUTAZAI_AGENT_SERVICES" not in agent_env
+    assert "services" in yaml.safe_load(AGENT_CONFIG.read_text(encoding="utf-8"))
     cfg = agent_config(monkeypatch)
     example = read_dotenv(ENV_EXAMPLE)
     assert cfg.agent_id == example["SUTAZAI_AGENT_ID"]
@@ -241,13 +338,43 @@ def test_the_agent_config_loads_with_the_compose_environment(
     assert not consul.register_service
     rabbitmq = services["rabbitmq"]
     assert isinstance(rabbitmq, config.RabbitmqService)
-    assert rabbitmq.amqp_url == cfg.rabbitmq.url
+    assert rabbitmq.amqp_url == cfg.rabbitmq.url  # credentials included
     assert rabbitmq.management_url == "http://rabbitmq:15672"
+    assert (rabbitmq.address, rabbitmq.port) == ("rabbitmq", 5672)
     backend = services["backend"]
     assert isinstance(backend, config.HttpService)
     # Kong routes the backend API to backend.service.consul: the agent registers it.
     assert backend.register_service
     assert config.registration_address(backend) == ("backend", 10010)
+
+
+@pytest.mark.parametrize(
+    ("env", "user", "password"),
+    [
+        ({}, DEV_RABBITMQ_USER, DEV_RABBITMQ_PASS),
+        (REAL_ENV, REAL_ENV["RABBITMQ_DEFAULT_USER"], REAL_ENV["RABBITMQ_DEFAULT_PASS"]),
+    ],
+    ids=["no-env-file", "env-file"],
+)
+def test_the_rabbitmq_probe_gets_its_credentials_from_the_broker_url(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], user: str, password: str
+) -> None:
+    # In the file: no credentials. Loaded: those of SUTAZAI_AGENT_RABBITMQ__URL.
+    written = yaml.safe_load(AGENT_CONFIG.read_text(encoding="utf-8"))["services"]
+    [entry] = [s for s in written if s["kind"] == "rabbitmq"]
+    assert entry["amqp_url"] == "amqp://rabbitmq:5672/"
+    cfg = agent_config(monkeypatch, env)
+    assert os.environ["SUTAZAI_AGENT_RABBITMQ__URL"] == cfg.rabbitmq.url
+    [probe] = [s for s in cfg.services if isinstance(s, config.RabbitmqService)]
+    url = urlsplit(probe.amqp_url)
+    assert (url.username, url.password, url.hostname, url.port) == (
+        user,
+        password,
+        "rabbitmq",
+        5672,
+    )
+    assert probe.amqp_url == cfg.rabbitmq.url
+    assert password in cfg.secrets()  # redacted from logs and /status
 
 
 def test_the_agent_reaches_each_service_where_it_listens(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -338,17 +465,29 @@ def fake_getent(tmp_path: Path, answer: str) -> Path:
 
 
 def run_kong_start(
-    tmp_path: Path, *, key: str, answer: str = "172.20.0.5      STREAM consul"
+    tmp_path: Path, *, key: str | None, answer: str = "172.20.0.5      STREAM consul"
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Kong's start command with SUTAZAI_STATUS_API_KEY = key (None: not in the environment)."""
     script, _ = kong_start_script(tmp_path)
     bin_dir = fake_getent(tmp_path, answer)
     env = environment(compose()["services"]["kong"])
     env |= {
         "PATH": f"{bin_dir}:/usr/bin:/bin",
-        "SUTAZAI_STATUS_API_KEY": key,
         "KONG_DECLARATIVE_CONFIG": str(tmp_path / "rendered.yml"),
     }
+    env.pop("SUTAZAI_STATUS_API_KEY", None)
+    if key is not None:
+        env["SUTAZAI_STATUS_API_KEY"] = key
     return run(["/bin/sh", "-ec", script], env=env, timeout_s=30), tmp_path / "rendered.yml"
+
+
+def rendered_keys(rendered: Path) -> list[str]:
+    declarative = yaml.safe_load(rendered.read_text(encoding="utf-8"))
+    return [
+        credential["key"]
+        for consumer in declarative["consumers"]
+        for credential in consumer.get("keyauth_credentials", [])
+    ]
 
 
 def test_kong_start_points_dns_at_consul_and_renders_the_status_key(tmp_path: Path) -> None:
@@ -358,21 +497,40 @@ def test_kong_start_points_dns_at_consul_and_renders_the_status_key(tmp_path: Pa
     started_with = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
     assert started_with["KONG_DNS_RESOLVER"] == "172.20.0.5:8600"
     assert "SUTAZAI_STATUS_API_KEY" not in started_with  # Kong never sees the raw variable
-    declarative = yaml.safe_load(rendered.read_text(encoding="utf-8"))
-    keys = [
-        credential["key"]
-        for consumer in declarative["consumers"]
-        for credential in consumer.get("keyauth_credentials", [])
-    ]
-    assert keys == [key]
+    assert rendered_keys(rendered) == [key]
     assert STATUS_KEY_MARKER not in rendered.read_text(encoding="utf-8")
+    assert key not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("unset", [None, ""], ids=["unset", "empty"])
+def test_kong_start_without_a_key_renders_a_random_one_it_does_not_print(
+    tmp_path: Path, unset: str | None
+) -> None:
+    keys = []
+    for attempt in ("first", "second"):
+        directory = tmp_path / attempt
+        directory.mkdir()
+        result, rendered = run_kong_start(directory, key=unset)
+        assert result.returncode == 0, describe(result)
+        [key] = rendered_keys(rendered)
+        assert key != STATUS_KEY_MARKER
+        assert STATUS_KEY_MARKER not in rendered.read_text(encoding="utf-8")
+        assert len(key) >= 32
+        assert STATUS_KEY_SAFE.fullmatch(key), key
+        assert key not in result.stdout + result.stderr  # not in Kong's logs
+        assert "not set" in result.stderr  # but the operator is told why /agent/status is closed
+        started_with = dict(line.partition("=")[::2] for line in result.stdout.splitlines())
+        assert "SUTAZAI_STATUS_API_KEY" not in started_with
+        assert started_with["KONG_DNS_RESOLVER"] == "172.20.0.5:8600"
+        keys.append(key)
+    assert keys[0] != keys[1], "the generated key must be random, not a fixed default"
 
 
 @pytest.mark.parametrize(
     ("key", "message"),
     [
         ("too-short-0123456789", "at least 32"),
-        ("", "at least 32"),
+        ("x" * 31, "at least 32"),
         ("x" * 32 + "/evil", "may only contain"),
         ("x" * 32 + " space", "may only contain"),
     ],
