@@ -19,6 +19,30 @@ from tests.integration.agent_process import free_port
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
+def agent_config(
+    consul: FakeConsul,
+    tap: EventTap,
+    services: list[dict[str, Any]],
+    *,
+    interval_s: float = 0.5,
+    timeout_s: float = 0.4,
+    fall: int = 2,
+    ttl_s: float = 3.0,
+    resync_s: float = 2.0,
+    amqp_url: str = AMQP_URL,
+) -> dict[str, Any]:
+    """An agent configuration for end-to-end tests: fast probes, rise 1, the test's fakes."""
+    return {
+        "interval_s": interval_s,
+        "timeout_s": timeout_s,
+        "rise": 1,
+        "fall": fall,
+        "consul": {"url": consul.url, "ttl_s": ttl_s, "resync_interval_s": resync_s},
+        "rabbitmq": {"url": amqp_url, "exchange": tap.exchange},
+        "services": services,
+    }
+
+
 class HttpTarget:
     """An HTTP service on a fixed loopback port that the test can stop and start again."""
 

@@ -11,32 +11,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.fakes.consul import FakeConsul
 from tests.integration.agent_process import AgentProcess, eventually
-from tests.integration.conftest import AMQP_URL, EventTap, HttpTarget, TcpTarget
+from tests.integration.conftest import EventTap, HttpTarget, TcpTarget, agent_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 INTERVAL_S, TIMEOUT_S, FALL = 0.5, 0.4, 2
 BOUND_S = FALL * INTERVAL_S + TIMEOUT_S
 SLACK_S = 3.0  # process start-up of the poller and a loaded CI machine, not the agent's budget
-
-
-def base_config(
-    consul: FakeConsul, tap: EventTap, services: list[dict[str, Any]]
-) -> dict[str, Any]:
-    return {
-        "interval_s": INTERVAL_S,
-        "timeout_s": TIMEOUT_S,
-        "rise": 1,
-        "fall": FALL,
-        "consul": {"url": consul.url, "ttl_s": 3, "resync_interval_s": 2},
-        "rabbitmq": {"url": AMQP_URL, "exchange": tap.exchange},
-        "services": services,
-    }
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -65,7 +50,10 @@ async def test_a_broken_target_turns_down_then_up_and_sigterm_exits_0(
         {"name": "web", "kind": "http", "url": http_target.url},
         {"name": "db", "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port},
     ]
-    agent = AgentProcess(base_config(consul, tap, services), tmp_path)
+    agent = AgentProcess(
+        agent_config(consul, tap, services, interval_s=INTERVAL_S, timeout_s=TIMEOUT_S, fall=FALL),
+        tmp_path,
+    )
     agent.start()
     try:
         await agent.wait_ready()
@@ -137,7 +125,9 @@ async def test_a_second_signal_exits_at_once(
     server = await asyncio.start_server(hang, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     services = [{"name": "slow", "kind": "http", "url": f"http://127.0.0.1:{port}/"}]
-    config = base_config(consul, tap, services) | {
+    config = agent_config(
+        consul, tap, services, interval_s=INTERVAL_S, timeout_s=TIMEOUT_S, fall=FALL
+    ) | {
         "interval_s": 20,
         "timeout_s": 15,
         "shutdown_grace_s": 30,
@@ -176,7 +166,9 @@ async def test_secrets_never_appear_in_logs_status_config_or_events(
         {"name": "web", "kind": "http", "url": http_target.url},
         {"name": "mq", "kind": "rabbitmq", "amqp_url": f"amqp://guest:{password}@127.0.0.1:5672/"},
     ]
-    config = base_config(consul, tap, services)
+    config = agent_config(
+        consul, tap, services, interval_s=INTERVAL_S, timeout_s=TIMEOUT_S, fall=FALL
+    )
     config["consul"]["token"] = token
     config["rabbitmq"]["url"] = f"amqp://guest:{password}@127.0.0.1:5672/"
     agent = AgentProcess(config, tmp_path)

@@ -10,21 +10,17 @@ import pytest
 from tests.fakes.consul import FakeConsul
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.integration.agent_process import AgentProcess, eventually
-from tests.integration.conftest import EventTap, HttpTarget
+from tests.integration.conftest import EventTap, HttpTarget, agent_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 
 
 def config(consul: FakeConsul, tap: EventTap, amqp_url: str, url: str) -> dict[str, Any]:
-    return {
-        "interval_s": 0.3,
-        "timeout_s": 0.2,
-        "rise": 1,
-        "fall": 1,
-        "consul": {"url": consul.url, "ttl_s": 5, "resync_interval_s": 5},
-        "rabbitmq": {"url": amqp_url, "exchange": tap.exchange},
-        "services": [{"name": "web", "kind": "http", "url": url}],
-    }
+    services = [{"name": "web", "kind": "http", "url": url}]
+    return agent_config(
+        consul, tap, services, interval_s=0.3, timeout_s=0.2, fall=1, ttl_s=5, resync_s=5,
+        amqp_url=amqp_url,
+    )  # fmt: skip
 
 
 async def flip(target: HttpTarget, agent: AgentProcess, state: str) -> None:

@@ -12,22 +12,10 @@ import pytest
 
 from tests.fakes.consul import FakeConsul
 from tests.integration.agent_process import AgentProcess, eventually
-from tests.integration.conftest import AMQP_URL, EventTap, HttpTarget, TcpTarget
+from tests.integration.conftest import EventTap, HttpTarget, TcpTarget, agent_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.broker]
 TTL_S, RESYNC_S = 2.0, 2.0
-
-
-def config(consul: FakeConsul, tap: EventTap, services: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "interval_s": 0.5,
-        "timeout_s": 0.4,
-        "rise": 1,
-        "fall": 2,
-        "consul": {"url": consul.url, "ttl_s": TTL_S, "resync_interval_s": RESYNC_S},
-        "rabbitmq": {"url": AMQP_URL, "exchange": tap.exchange},
-        "services": services,
-    }
 
 
 async def consul_put(consul: FakeConsul, path: str, body: dict[str, Any] | None = None) -> int:
@@ -58,7 +46,9 @@ async def test_registration_follows_health_and_drift_is_repaired(
     # Someone else's instance of the same service name: never ours to touch.
     foreign = {"ID": "web-foreign", "Name": "web", "Port": 1234, "Meta": {"owner": "ops"}}
     assert await consul_put(consul, "/v1/agent/service/register", foreign) == 200
-    agent = AgentProcess(config(consul, tap, services), tmp_path)
+    agent = AgentProcess(
+        agent_config(consul, tap, services, ttl_s=TTL_S, resync_s=RESYNC_S), tmp_path
+    )
     agent.start()
     try:
         await agent.wait_ready()
@@ -148,7 +138,9 @@ async def test_a_killed_agent_leaves_ttl_to_expire_and_a_restart_cleans_up(
         {"name": "db", "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port},
         {"name": "cache", "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port},
     ]
-    agent = AgentProcess(config(consul, tap, services), tmp_path)
+    agent = AgentProcess(
+        agent_config(consul, tap, services, ttl_s=TTL_S, resync_s=RESYNC_S), tmp_path
+    )
     agent.start()
     try:
         await agent.wait_ready()
@@ -165,7 +157,9 @@ async def test_a_killed_agent_leaves_ttl_to_expire_and_a_restart_cleans_up(
     assert waited <= TTL_S + 5
 
     # Restart with "cache" no longer configured: it is deregistered, "db" is healthy again.
-    restarted = AgentProcess(config(consul, tap, services[:1]), tmp_path)
+    restarted = AgentProcess(
+        agent_config(consul, tap, services[:1], ttl_s=TTL_S, resync_s=RESYNC_S), tmp_path
+    )
     restarted.start()
     try:
         await restarted.wait_ready()
@@ -184,7 +178,7 @@ async def test_a_wrong_token_is_reported_once_not_flooded(
 ) -> None:
     services = [{"name": "db", "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port}]
     async with FakeConsul(acl_token="right-token") as consul:
-        cfg = config(consul, tap, services)
+        cfg = agent_config(consul, tap, services, ttl_s=TTL_S, resync_s=RESYNC_S)
         cfg["consul"]["token"] = "wrong-token"
         agent = AgentProcess(cfg, tmp_path)
         agent.start()
