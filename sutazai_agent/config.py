@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +31,8 @@ ENV_PREFIX = "SUTAZAI_AGENT_"
 CONFIG_ENV = "SUTAZAI_AGENT_CONFIG"
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 CONSUL_MIN_DEREGISTER_S = 60.0
+PROBE_DURATION_BUCKETS_S = (0.005, 0.025, 0.1, 0.5, 2.5)
+"""Default buckets of ``probe_duration_seconds``: 8 series per service (5 + +Inf, sum, count)."""
 
 
 class ConfigError(Exception):
@@ -240,6 +243,17 @@ class OutboxConfig(_Strict):
     flush_on_shutdown_s: Annotated[float, Field(ge=0)] = 5.0
 
 
+class MetricsConfig(_Strict):
+    probe_duration_buckets_s: tuple[PositiveSeconds, ...] = PROBE_DURATION_BUCKETS_S
+
+    @field_validator("probe_duration_buckets_s")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(later <= earlier for earlier, later in pairwise(value)):
+            raise ValueError("must be strictly increasing")
+        return value
+
+
 class LogConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -290,6 +304,7 @@ class AgentConfig(BaseSettings):
     consul: ConsulConfig = ConsulConfig()
     rabbitmq: RabbitmqConfig = RabbitmqConfig()
     outbox: OutboxConfig = OutboxConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     services: list[ServiceConfig] = Field(default_factory=_default_services)
 

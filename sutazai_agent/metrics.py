@@ -1,12 +1,22 @@
 """Every Prometheus metric of the agent, on a registry of its own (no global state).
 
-Names, labels and units are the public contract in DESIGN.md ("Metrics"). Label children are
-created once per service and cached, so observing a probe allocates nothing.
+Names, labels and units are the public contract in DESIGN.md ("Metrics").
+
+The per-service families (``service_up``, ``service_state``, ``probe_duration_seconds``,
+``probes_total``, ``state_changes_total``) are the ones that grow with the number of services,
+so they are not prometheus_client children (about 11 KB and a lock per value each, and
+~25 µs per sample to expose) but plain counters in one ``ServiceSeries`` per service, created
+once, written without label lookups or locks, and rendered straight to the exposition text.
+At 10,000 services that is ~1 KB instead of ~11 KB per service and a /metrics body built in
+tens of milliseconds instead of seconds. They still collect like any prometheus_client
+collector (``registry.collect()``, ``get_sample_value``, ``generate_latest`` all see them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,53 +26,233 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from sutazai_agent import __version__
+from sutazai_agent.config import PROBE_DURATION_BUCKETS_S
 from sutazai_agent.model import Outcome, State
 
 PREFIX = "sutazai_agent"
-PROBE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 STATES = tuple(State)
 OUTCOMES = tuple(Outcome)
+UP_STATES = frozenset({State.UP, State.DEGRADED})
+Add = Callable[[str], None]
+CHUNK_SERVICES = 200
+"""Services per piece of the /metrics body (a few ms of rendering between loop turns)."""
+
+UP = f"{PREFIX}_service_up"
+STATE = f"{PREFIX}_service_state"
+DURATION = f"{PREFIX}_probe_duration_seconds"
+PROBES = f"{PREFIX}_probes"
+CHANGES = f"{PREFIX}_state_changes"
+HELP = {
+    UP: "1 if the service is up or degraded, else 0.",
+    STATE: "1 for the service's current state, 0 for the others.",
+    DURATION: "Duration of one probe.",
+    PROBES: "Probes run, by result.",
+    CHANGES: "Health state transitions.",
+}
 
 
-@dataclass(slots=True)
 class ServiceSeries:
-    """Cached label children of one service: observing a probe does no label lookups."""
+    """Everything the per-service families show of one service; observing allocates nothing."""
 
-    up: Gauge
-    state: dict[State, Gauge]
-    duration: Histogram
-    results: dict[Outcome, Counter]
+    __slots__ = ("buckets", "changes", "duration_sum", "kind", "labels", "name", "results", "state")
+
+    def __init__(self, name: str, kind: str, buckets: int) -> None:
+        self.name = name
+        self.kind = kind
+        self.labels = (f'service="{_escape(name)}"', f'kind="{_escape(kind)}"')
+        self.state = State.UNKNOWN
+        self.buckets = [0] * (buckets + 1)
+        """Observations per bucket (not cumulative); the last one is +Inf."""
+        self.duration_sum = 0.0
+        self.results = dict.fromkeys(OUTCOMES, 0)
+        self.changes: dict[tuple[State, State], int] = {}
+
+    @property
+    def up(self) -> int:
+        return 1 if self.state in UP_STATES else 0
+
+
+class ServiceFamilies:
+    """The per-service metric families: a prometheus_client collector that can also render
+    its own exposition text fast (``render``)."""
+
+    def __init__(self, buckets_s: Sequence[float]) -> None:
+        self.bounds = tuple(float(b) for b in buckets_s)
+        self._le = [_go_float(b) for b in (*self.bounds, math.inf)]
+        self.series: dict[str, ServiceSeries] = {}
+
+    def get(self, name: str, kind: str) -> ServiceSeries:
+        series = self.series.get(name)
+        if series is None:
+            series = self.series[name] = ServiceSeries(name, kind, len(self.bounds))
+        return series
+
+    def observe(self, series: ServiceSeries, outcome: Outcome, latency_s: float) -> None:
+        series.buckets[bisect_left(self.bounds, latency_s)] += 1
+        series.duration_sum += latency_s
+        series.results[outcome] += 1
+
+    # --- prometheus_client's view (tests, generate_latest) ---------------------------------
+    def describe(self) -> list[Metric]:
+        return self._families([])
+
+    def collect(self) -> list[Metric]:
+        return self._families(list(self.series.values()))
+
+    def _families(self, all_series: list[ServiceSeries]) -> list[Metric]:
+        up = GaugeMetricFamily(UP, HELP[UP], labels=["service"])
+        state = GaugeMetricFamily(STATE, HELP[STATE], labels=["service", "state"])
+        duration = HistogramMetricFamily(DURATION, HELP[DURATION], labels=["service", "kind"])
+        probes = CounterMetricFamily(PROBES, HELP[PROBES], labels=["service", "kind", "result"])
+        changes = CounterMetricFamily(
+            CHANGES, HELP[CHANGES], labels=["service", "from_state", "to_state"]
+        )
+        for s in all_series:
+            up.add_metric([s.name], s.up)
+            for st in STATES:
+                state.add_metric([s.name, st.value], 1 if st is s.state else 0)
+            cumulative, buckets = 0, []
+            for le, count in zip(self._le, list(s.buckets), strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            duration.add_metric([s.name, s.kind], buckets, s.duration_sum)
+            for outcome, n in list(s.results.items()):
+                probes.add_metric([s.name, s.kind, outcome.value], n)
+            for (before, after), n in list(s.changes.items()):
+                changes.add_metric([s.name, before.value, after.value], n)
+        return [up, state, duration, probes, changes]
+
+    # --- the fast path ---------------------------------------------------------------------
+    def render(self, openmetrics: bool = False) -> str:
+        """The five families as exposition text (Prometheus 0.0.4, or OpenMetrics without
+        the final ``# EOF``)."""
+        return "".join(self.chunks(openmetrics))
+
+    def chunks(self, openmetrics: bool = False, size: int = CHUNK_SERVICES) -> Iterator[str]:
+        """``render`` in pieces of at most ``size`` services, so that a caller on the event
+        loop can let the probes run between them. Reads a snapshot of the service list; a
+        histogram's +Inf bucket and count come from the same reads."""
+        all_series = list(self.series.values())
+        slices = [all_series[i : i + size] for i in range(0, len(all_series), size)] or [[]]
+        counter_suffix = "" if openmetrics else "_total"
+        families: list[tuple[str, str, str, Callable[[ServiceSeries, Add], None]]] = [
+            (UP, "gauge", "", self._up_lines),
+            (STATE, "gauge", "", self._state_lines),
+            (DURATION, "histogram", "", self._duration_lines),
+            (PROBES, "counter", counter_suffix, self._probes_lines),
+            (CHANGES, "counter", counter_suffix, self._changes_lines),
+        ]
+        out: list[str] = []
+        add = out.append
+        for name, kind, suffix, lines in families:
+            add(f"# HELP {name}{suffix} {HELP[name]}\n# TYPE {name}{suffix} {kind}\n")
+            for part in slices:
+                for series in part:
+                    lines(series, add)
+                yield "".join(out)
+                out.clear()
+
+    @staticmethod
+    def _up_lines(s: ServiceSeries, add: Add) -> None:
+        add(f"{UP}{{{s.labels[0]}}} {s.up}.0\n")
+
+    @staticmethod
+    def _state_lines(s: ServiceSeries, add: Add) -> None:
+        current = s.state
+        for st in STATES:
+            add(f'{STATE}{{{s.labels[0]},state="{st.value}"}} {int(st is current)}.0\n')
+
+    def _duration_lines(self, s: ServiceSeries, add: Add) -> None:
+        svc, kind = s.labels
+        cumulative = 0
+        for le, count in zip(self._le, list(s.buckets), strict=True):
+            cumulative += count
+            add(f'{DURATION}_bucket{{{kind},le="{le}",{svc}}} {cumulative}.0\n')
+        add(f"{DURATION}_count{{{kind},{svc}}} {cumulative}.0\n")
+        add(f"{DURATION}_sum{{{kind},{svc}}} {s.duration_sum!r}\n")
+
+    @staticmethod
+    def _probes_lines(s: ServiceSeries, add: Add) -> None:
+        svc, kind = s.labels
+        for outcome, n in list(s.results.items()):
+            add(f'{PROBES}_total{{{kind},result="{outcome.value}",{svc}}} {n}.0\n')
+
+    @staticmethod
+    def _changes_lines(s: ServiceSeries, add: Add) -> None:
+        for (before, after), n in list(s.changes.items()):
+            add(
+                f'{CHANGES}_total{{from_state="{before.value}",{s.labels[0]},'
+                f'to_state="{after.value}"}} {n}.0\n'
+            )
+
+
+class MetricsRegistry(CollectorRegistry):
+    """A registry whose per-service families render fast (``exposition``).
+
+    Everything else registered here is also kept in ``core``, so that prometheus_client
+    encodes only the few fixed metrics and ``ServiceFamilies`` renders the rest itself.
+    """
+
+    def __init__(self, services: ServiceFamilies) -> None:
+        self.core = CollectorRegistry(auto_describe=True)
+        self.services = services
+        super().__init__(auto_describe=True)
+        super().register(services)
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        self.core.register(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        super().unregister(collector)
+        self.core.unregister(collector)
+
+    def exposition(self, openmetrics: bool = False) -> bytes:
+        """The whole /metrics body at once (~0.3 s at 10,000 services)."""
+        return b"".join(self.exposition_chunks(openmetrics))
+
+    def exposition_chunks(self, openmetrics: bool = False) -> Iterator[bytes]:
+        """The /metrics body in pieces of a few milliseconds' work each."""
+        if not openmetrics:
+            yield generate_latest(self.core)
+        else:
+            full: bytes = generate_openmetrics(self.core)  # type: ignore[no-untyped-call]
+            yield full.removesuffix(b"# EOF\n")
+        for chunk in self.services.chunks(openmetrics):
+            yield chunk.encode()
+        if openmetrics:
+            yield b"# EOF\n"
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        probe_buckets_s: Sequence[float] = PROBE_DURATION_BUCKETS_S,
+    ) -> None:
+        self.services = ServiceFamilies(probe_buckets_s)
+        if registry is None:
+            registry = MetricsRegistry(self.services)
+        else:
+            registry.register(self.services)
+        self.registry = registry
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
-        self.service_up = Gauge(
-            f"{PREFIX}_service_up", "1 if the service is up or degraded, else 0.", ["service"],
-            registry=r,
-        )  # fmt: skip
-        self.service_state = Gauge(
-            f"{PREFIX}_service_state", "1 for the service's current state, 0 for the others.",
-            ["service", "state"], registry=r,
-        )  # fmt: skip
-        self.probe_duration = Histogram(
-            f"{PREFIX}_probe_duration_seconds", "Duration of one probe.", ["service", "kind"],
-            buckets=PROBE_BUCKETS_S, registry=r,
-        )  # fmt: skip
-        self.probes = Counter(
-            f"{PREFIX}_probes", "Probes run, by result.", ["service", "kind", "result"], registry=r
-        )
-        self.state_changes = Counter(
-            f"{PREFIX}_state_changes", "Health state transitions.",
-            ["service", "from_state", "to_state"], registry=r,
-        )  # fmt: skip
         self.scheduler_lag = Histogram(
             f"{PREFIX}_scheduler_lag_seconds", "How late a probe started after its due time.",
             buckets=LAG_BUCKETS_S, registry=r,
@@ -94,32 +284,29 @@ class Metrics:
         )
         self.build_info = Info(f"{PREFIX}_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
-        self._series: dict[str, ServiceSeries] = {}
 
     def service(self, name: str, kind: str) -> ServiceSeries:
-        """The cached label children of one service, created (all at 0) on first use."""
-        series = self._series.get(name)
-        if series is None:
-            series = ServiceSeries(
-                up=self.service_up.labels(name),
-                state={s: self.service_state.labels(name, s.value) for s in STATES},
-                duration=self.probe_duration.labels(name, kind),
-                results={o: self.probes.labels(name, kind, o.value) for o in OUTCOMES},
-            )
-            series.state[State.UNKNOWN].set(1)
-            self._series[name] = series
-        return series
+        """The series of one service, created (all at 0, state unknown) on first use."""
+        return self.services.get(name, kind)
 
     def observe_probe(self, name: str, kind: str, outcome: Outcome, latency_s: float) -> None:
-        series = self.service(name, kind)
-        series.duration.observe(latency_s)
-        series.results[outcome].inc()
+        self.services.observe(self.services.get(name, kind), outcome, latency_s)
 
     def set_state(self, name: str, kind: str, previous: State, current: State) -> None:
-        series = self.service(name, kind)
-        series.state[previous].set(0)
-        series.state[current].set(1)
-        series.up.set(1 if current in (State.UP, State.DEGRADED) else 0)
+        self.services.get(name, kind).state = current
 
     def count_transition(self, name: str, previous: State, current: State) -> None:
-        self.state_changes.labels(name, previous.value, current.value).inc()
+        series = self.services.series.get(name)
+        if series is None:  # not seen yet (the monitor sets the state first)
+            series = self.services.get(name, "")
+        key = (previous, current)
+        series.changes[key] = series.changes.get(key, 0) + 1
+
+
+def _go_float(value: float) -> str:
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")

@@ -6,16 +6,23 @@ target is down.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.exposition import choose_encoder
+
+from sutazai_agent.metrics import MetricsRegistry
 
 log = structlog.get_logger(__name__)
+ZLIB_IN_THREAD = 64 * 1024
+"""Response bodies larger than this are compressed in a worker thread."""
 
 
 class AgentView(Protocol):
@@ -44,11 +51,39 @@ def make_app(agent: AgentView, registry: CollectorRegistry) -> web.Application:
         return web.json_response(agent.status(), dumps=_dumps)
 
     app = web.Application()
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/metrics", metrics_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
     return app
+
+
+def metrics_handler(registry: CollectorRegistry) -> Handler:
+    """/metrics. The agent's own registry renders its body on the loop in slices of a few
+    milliseconds, letting the probes run in between, so a scrape of thousands of services
+    does not hold them up. (A worker thread would not help: it would hold the GIL against the
+    loop.) The response is compressed when the scraper asks, in a thread for big bodies
+    (zlib releases the GIL). Any other registry goes through prometheus_client's handler."""
+    if not isinstance(registry, MetricsRegistry):
+        return make_aiohttp_handler(registry)
+
+    async def handler(request: web.Request) -> web.Response:
+        accept = ",".join(request.headers.getall(hdrs.ACCEPT, []))
+        _, content_type = choose_encoder(accept)
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        parts = []
+        for part in registry.exposition_chunks(openmetrics):
+            parts.append(part)
+            await asyncio.sleep(0)
+        response = web.Response(
+            body=b"".join(parts),
+            headers={hdrs.CONTENT_TYPE: content_type},
+            zlib_executor_size=ZLIB_IN_THREAD,
+        )
+        response.enable_compression()
+        return response
+
+    return handler
 
 
 def _dumps(value: Any) -> str:
@@ -67,7 +102,11 @@ class WebServer:
     async def __aenter__(self) -> WebServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
         self.port = int(self._runner.addresses[0][1])
         log.info("http_listening", host=self._host, port=self.port)
         return self

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from yarl import URL
 
 from sutazai_agent import __version__
 from sutazai_agent.model import Outcome, ProbeResult
@@ -99,7 +100,7 @@ async def read_bounded(response: aiohttp.ClientResponse, limit: int = BODY_LIMIT
 
 async def fetch(
     session: aiohttp.ClientSession,
-    url: str,
+    url: str | URL,
     *,
     method: str = "GET",
     headers: Mapping[str, str] | None = None,

@@ -6,6 +6,8 @@ import asyncio
 import re
 from typing import TYPE_CHECKING
 
+from yarl import URL
+
 from sutazai_agent.model import Outcome, ProbeResult
 from sutazai_agent.probes.base import elapsed_since, failure, fetch
 
@@ -33,6 +35,9 @@ class HttpProbe:
         self._timeout_s = timeout_s
         self._expect: Container[int] = frozenset(service.expect_status) or DEFAULT_EXPECT
         self._pattern = re.compile(service.body_regex) if service.body_regex else None
+        # Parsed once: aiohttp would parse and normalise the string again on every request.
+        self._url = URL(service.url)
+        self._headers = service.headers or None
 
     async def probe(self) -> ProbeResult:
         service = self._service
@@ -41,9 +46,9 @@ class HttpProbe:
             async with asyncio.timeout(self._timeout_s):
                 reply = await fetch(
                     self._session,
-                    service.url,
+                    self._url,
                     method=service.method,
-                    headers=service.headers,
+                    headers=self._headers,
                     tls_verify=service.tls_verify,
                     follow_redirects=service.follow_redirects,
                 )
