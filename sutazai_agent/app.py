@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import time
 from contextlib import AsyncExitStack
 from datetime import datetime
@@ -23,6 +24,7 @@ from prometheus_client import disable_created_metrics
 from sutazai_agent import __version__
 from sutazai_agent.config import AgentConfig, ServiceConfig
 from sutazai_agent.consul_api import ConsulClient
+from sutazai_agent.logs import LoopExceptionLogger
 from sutazai_agent.metrics import Metrics
 from sutazai_agent.model import ProbeResult, utcnow
 from sutazai_agent.monitor import Monitor
@@ -39,11 +41,22 @@ STALL_S = 5.0
 """/healthz turns 503 when the scheduler has not ticked for this long."""
 
 
+class StartupError(Exception):
+    """The agent cannot start where it is configured to (``state_dir``, ``http``); the message
+    names the setting. The CLI prints it as one line and exits 2, like a configuration error."""
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 class Agent:
     def __init__(self, config: AgentConfig, clock: Clock = time.monotonic) -> None:
         self.config = config
         self._clock = clock
-        self.metrics = Metrics()
+        self.metrics = Metrics(probe_buckets_s=config.metrics.probe_duration_buckets_s)
         self.started_at = utcnow()
         self.scheduler = Scheduler(
             clock, config.max_concurrency, self.metrics.scheduler_lag.observe
@@ -62,9 +75,12 @@ class Agent:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(LoopExceptionLogger())
         try:
             await self.serve()
         finally:
+            loop.set_exception_handler(previous_handler)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
         return self._exit_code
@@ -86,11 +102,16 @@ class Agent:
         async with AsyncExitStack() as stack:
             session = make_session(config.max_concurrency)
             stack.push_async_callback(session.close)
-            outbox = await stack.enter_async_context(
-                SqliteOutbox(
-                    config.state_dir, config.agent_id, config.outbox.max_events, self.metrics
+            try:
+                outbox = await stack.enter_async_context(
+                    SqliteOutbox(
+                        config.state_dir, config.agent_id, config.outbox.max_events, self.metrics
+                    )
                 )
-            )
+            except (OSError, sqlite3.Error, RuntimeError) as exc:
+                raise StartupError(
+                    f"state_dir: cannot open the outbox in {config.state_dir}: {_os_reason(exc)}"
+                ) from None
             consul = await stack.enter_async_context(ConsulClient(config.consul))
             registrar = ConsulRegistrar(
                 consul, config.consul, config.agent_id, config.services, self.metrics, self._clock
@@ -106,9 +127,15 @@ class Agent:
                 probe = build_probe(service, session, timeout_s)
                 job = self._job(monitor, service, probe, timeout_s)
                 self.scheduler.add(service.name, config.interval_for(service), job)
-            web = await stack.enter_async_context(
-                WebServer(make_app(self, self.metrics.registry), config.http.host, config.http.port)
-            )
+            listen = config.http
+            try:
+                web = await stack.enter_async_context(
+                    WebServer(make_app(self, self.metrics.registry), listen.host, listen.port)
+                )
+            except OSError as exc:
+                raise StartupError(
+                    f"http: cannot listen on {listen.host}:{listen.port}: {_os_reason(exc)}"
+                ) from None
             self.http_port = web.port
             log.info(
                 "agent_started",

@@ -81,9 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         bind = args.bind or ["health.#"]
         url = cfg.rabbitmq.url
         return _run(tail(url, cfg.rabbitmq.exchange, bind, args.count, sys.stdout))
-    from sutazai_agent.app import Agent
+    from sutazai_agent.app import Agent, StartupError
 
-    return _run(Agent(cfg).main())
+    try:
+        return _run(Agent(cfg).main())
+    except StartupError as exc:
+        print(f"sutazai-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:

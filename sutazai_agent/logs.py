@@ -6,9 +6,11 @@ a value or a traceback is replaced by ``***`` before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+import time
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -103,3 +105,50 @@ def _route_stdlib(processors: list[Processor], level: str, out: TextIO) -> None:
     root.setLevel(LEVELS[level])
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
+
+
+class LoopExceptionLogger:
+    """The event loop's last-resort exception handler, as structured, rate-limited lines.
+
+    The ``asyncio`` logger is quieted (``QUIET_LIBRARIES``), which would also hide "Task
+    exception was never retrieved" and other errors nothing else reports. Installed with
+    ``loop.set_exception_handler``, this logs each kind of problem (message + exception type)
+    once as ``loop_exception``, then at most once per ``window_s`` with the count of the
+    repeats it held back, so a library failing on every reconnect cannot flood the log.
+    """
+
+    MAX_KINDS = 256
+
+    def __init__(
+        self,
+        logger: Any = None,
+        window_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger if logger is not None else structlog.get_logger("sutazai_agent.loop")
+        self._window_s = window_s
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int]] = {}
+        """kind → (when last logged, repeats held back since)."""
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = str(context.get("message") or "unhandled exception in the event loop")
+        kind = f"{message}|{type(exc).__name__ if exc is not None else ''}"
+        now = self._clock()
+        last = self._seen.get(kind)
+        if last is not None and now - last[0] < self._window_s:
+            self._seen[kind] = (last[0], last[1] + 1)
+            return
+        if last is None and len(self._seen) >= self.MAX_KINDS:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[kind] = (now, 0)
+        source = context.get("task") or context.get("future") or context.get("handle")
+        name = source.get_name() if isinstance(source, asyncio.Task) else None
+        self._log.error(
+            "loop_exception",
+            message=message[:200],
+            task=name,
+            repeated=0 if last is None else last[1],
+            exc_info=exc if isinstance(exc, BaseException) else None,
+        )

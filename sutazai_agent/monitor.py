@@ -3,13 +3,17 @@
 A result updates the service's view and metrics at once. A transition is first written to
 the outbox (durably, in a batch with any others of the same moment); only then do the
 registrar, the metrics and the publisher hear of it. If the outbox cannot be written, the
-batch is kept and retried: nothing reacts to a transition that is not on disk.
+batch is kept and retried with jittered backoff (one log line when the failure starts, one when
+it ends): nothing reacts to a transition that is not on disk. What waits is bounded
+(``max_pending``): past it the oldest unwritten transitions are dropped and counted, so a long
+disk failure cannot exhaust memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +29,8 @@ from sutazai_agent.protocols import EventSink, Publisher, Registrar
 
 log = structlog.get_logger(__name__)
 RETRY_MAX_S = 30.0
+MAX_PENDING = 10_000
+"""Transitions waiting for the outbox (only while it cannot be written) before the oldest go."""
 
 
 @dataclass(slots=True)
@@ -46,8 +52,13 @@ class Monitor:
         publisher: Publisher,
         metrics: Metrics,
         now: Callable[[], datetime] = utcnow,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self._sink = sink
+        self._max_pending = max_pending
+        self._failing_since: float | None = None
+        self._failed_writes = 0
+        self._dropping = False
         self._registrar = registrar
         self._publisher = publisher
         self._metrics = metrics
@@ -81,8 +92,23 @@ class Monitor:
         transition = view.machine.observe(result, at)
         if transition is not None:
             self._pending.append(transition)
+            if len(self._pending) > self._max_pending:
+                self._drop_oldest()
             self._idle.clear()
             self._wake.set()
+
+    def _drop_oldest(self) -> None:
+        excess = len(self._pending) - self._max_pending
+        dropped, self._pending = self._pending[:excess], self._pending[excess:]
+        self._metrics.events_dropped.inc(len(dropped))
+        if not self._dropping:
+            self._dropping = True
+            log.error(
+                "transitions_dropped",
+                reason="the outbox cannot be written",
+                max_pending=self._max_pending,
+                oldest=[f"{t.service}:{t.current.value}" for t in dropped[:5]],
+            )
 
     async def run(self) -> None:
         """Write transitions to the outbox in batches, then let the others react."""
@@ -94,17 +120,40 @@ class Monitor:
             self._pending = []
             try:
                 await self._sink.append(batch)
-            except Exception:  # loop boundary: a full disk must not kill the agent
-                log.exception("outbox_write_failed", pending=len(batch))
+            except Exception as exc:  # noqa: BLE001 - loop boundary: a full disk must not kill us
+                self._write_failed(exc, len(batch))
                 self._pending[:0] = batch
+                if len(self._pending) > self._max_pending:
+                    self._drop_oldest()
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
                 delay = min(delay * 2, RETRY_MAX_S)
                 self._wake.set()
                 continue
             delay = 0.5
+            self._write_recovered()
             self._react(batch)
             if not self._pending:
                 self._idle.set()
+
+    def _write_failed(self, exc: Exception, pending: int) -> None:
+        self._failed_writes += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("outbox_write_failed", pending=pending, action="will retry", exc_info=exc)
+        else:
+            log.debug("outbox_write_retry_failed", attempt=self._failed_writes, error=repr(exc))
+
+    def _write_recovered(self) -> None:
+        if self._failing_since is None:
+            return
+        log.info(
+            "outbox_write_recovered",
+            outage_s=round(time.monotonic() - self._failing_since, 3),
+            failed_attempts=self._failed_writes,
+        )
+        self._failing_since = None
+        self._failed_writes = 0
+        self._dropping = False
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every transition so far is in the outbox; False on timeout."""

@@ -265,13 +265,16 @@ class RabbitPublisher:
             reconnect_interval=self._reconnect_interval_s,
         )
         try:
-            await connection.connect(timeout=self._connect_timeout_s)
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.declare_exchange(
-                self._exchange_name, ExchangeType.TOPIC, durable=True
-            )
+            # One deadline for the handshake, the channel and the exchange: a broker that
+            # accepts and then stops answering must not wedge the publisher.
+            async with asyncio.timeout(self._connect_timeout_s):
+                await connection.connect(timeout=self._connect_timeout_s)
+                channel = await connection.channel(publisher_confirms=True)
+                exchange = await channel.declare_exchange(
+                    self._exchange_name, ExchangeType.TOPIC, durable=True
+                )
         except BaseException:
-            await connection.close()
+            await _close(connection)
             raise
         connection.reconnect_callbacks.add(self._on_reconnect)
         connection.close_callbacks.add(self._on_connection_lost)
@@ -284,8 +287,7 @@ class RabbitPublisher:
         connection = self._connection
         self._connection = self._channel = self._exchange = None
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await _close(connection)
 
     def _on_reconnect(self, *_: object) -> None:
         self._reconnected.set()
@@ -340,6 +342,16 @@ class RabbitPublisher:
         )
         self._outage_since = None
         self._failures = 0
+
+
+CLOSE_TIMEOUT_S = 5.0
+
+
+async def _close(connection: AbstractRobustConnection) -> None:
+    """Close, but never wait on a dead peer for more than ``CLOSE_TIMEOUT_S``."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await connection.close()
 
 
 def _describe(exc: BaseException, secrets: Iterable[str] = ()) -> str:

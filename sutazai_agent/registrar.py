@@ -9,7 +9,9 @@ long-running task; each pass (``sync_once()``) does, in order:
 2. apply changes: register (always followed by a check update, because Consul keeps an
    existing check's status on re-registration), update the check on passing ↔ warning,
    deregister on down;
-3. TTL heartbeats, every ``ttl_s / 3`` per service, their phases spread out.
+3. TTL heartbeats, every ``ttl_s / 3`` per service, their phases spread out. A heartbeat
+   that finds its registration gone re-registers it and triggers an anti-entropy pass at
+   once, so that after Consul loses its state every registration is back in one pass.
 
 Consul unreachable, 5xx or 403: nothing is forgotten; the pass stops, the next one waits a
 jittered exponential backoff (capped), one log line marks the start of the outage and one
@@ -56,6 +58,10 @@ T = TypeVar("T")
 MIN_WAIT_S = 0.001
 """Never sleep less than this: uvloop turns shorter sleeps into a busy spin."""
 BACKOFF_CAP_S = 30.0
+LOG_EACH_MAX = 10
+"""A pass with more changes of one kind than this logs them as one line (count + first ids):
+after Consul loses its state, 300 services re-registered are one line, not 600."""
+_WARNINGS = frozenset({"consul_registration_lost"})
 
 
 @dataclass(slots=True)
@@ -102,6 +108,7 @@ class ConsulRegistrar:
         self._beat_interval_s = config.ttl_s / 3.0
         self._entries: dict[str, _Entry] = {s.id: _Entry(s) for s in services if s.register_service}
         self._backoff = Backoff(cap_s=BACKOFF_CAP_S, rng=self._rng)
+        self._pass_log: dict[str, list[dict[str, Any]]] = {}
         self._wake = asyncio.Event()
         self._closed = False
         self._resync_pending = True
@@ -198,10 +205,18 @@ class ConsulRegistrar:
             for entry in list(self._entries.values()):
                 await self._apply(entry)
             await self._heartbeats()
+            if self._resync_pending:
+                # A heartbeat found a registration gone: Consul may have lost them all (a
+                # restart without its data). Check them all now rather than one by one as
+                # each heartbeat comes due, which leaves services out of DNS meanwhile.
+                await self._resync()
+                for entry in list(self._entries.values()):
+                    await self._apply(entry)
         except ConsulError as exc:  # unreachable, 403, or an answer we cannot use
             return self._failed(exc)
         finally:
             self._metrics.consul_registered_services.set(self._registered_count())
+            self._log_pass()
         return self._next_due()
 
     # --- the three duties ----------------------------------------------------------------
@@ -212,7 +227,7 @@ class ConsulRegistrar:
             entry = self._entries.get(sid)
             if entry is None:
                 await self._op("deregister", self._client.deregister_service(sid))
-                self._log.info("consul_deregistered", service_id=sid, reason="not configured")
+                self._note("consul_deregistered", service_id=sid, reason="not configured")
                 continue
             entry.registered = True
             entry.rejected = None
@@ -254,15 +269,15 @@ class ConsulRegistrar:
             entry.registered, entry.fresh, entry.status = True, True, None
             # Consul keeps an existing check's status on re-registration: always set it.
             await self._write_status(entry, status, "check_update")
-            self._log.info("consul_registered", service_id=service_id, status=status, reason=reason)
+            self._note("consul_registered", service_id=service_id, status=status, reason=reason)
         elif status is not None and entry.status != status:
             await self._write_status(entry, status, "check_update")
-            self._log.info("consul_check_updated", service_id=service_id, status=status)
+            self._note("consul_check_updated", service_id=service_id, status=status)
         elif entry.desired is State.DOWN and entry.registered:
             await self._op("deregister", self._client.deregister_service(service_id))
             entry.registered = entry.fresh = False
             entry.status = entry.next_beat_at = None
-            self._log.info("consul_deregistered", service_id=service_id, reason="down")
+            self._note("consul_deregistered", service_id=service_id, reason="down")
 
     async def _heartbeats(self) -> None:
         for entry in list(self._entries.values()):
@@ -284,9 +299,8 @@ class ConsulRegistrar:
                 self._rejected(entry, exc)
 
     def _lost(self, entry: _Entry) -> None:
-        self._log.warning(
-            "consul_registration_lost", service_id=entry.service.id, action="re-register"
-        )
+        self._note("consul_registration_lost", service_id=entry.service.id, action="re-register")
+        self._resync_pending = True
         entry.registered = entry.fresh = False
         entry.status = entry.next_beat_at = None
 
@@ -322,6 +336,30 @@ class ConsulRegistrar:
         counter.labels(operation, "ok").inc()
         self._recovered()
         return result
+
+    def _note(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at the end of the pass (one line each, or one for many)."""
+        self._pass_log.setdefault(event, []).append(fields)
+
+    def _log_pass(self) -> None:
+        notes, self._pass_log = self._pass_log, {}
+        for event, items in notes.items():
+            emit = self._log.warning if event in _WARNINGS else self._log.info
+            if len(items) <= LOG_EACH_MAX:
+                for fields in items:
+                    emit(event, **fields)
+                continue
+            for fields in items:
+                self._log.debug(event, **fields)
+            summary: dict[str, Any] = {
+                "count": len(items),
+                "service_ids": [f["service_id"] for f in items[:LOG_EACH_MAX]],
+            }
+            for key in ("status", "reason", "action"):
+                values = sorted({str(f[key]) for f in items if key in f})
+                if values:
+                    summary[key] = values[0] if len(values) == 1 else values
+            emit(event, **summary)
 
     def _recovered(self) -> None:
         self._reachable = True

@@ -109,8 +109,13 @@ class Backoff:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.failures = 0
 
+    MAX_EXPONENT = 32
+    """``2.0 ** n`` overflows a float past n = 1023, i.e. after some 8 hours of a Consul
+    outage at a 30 s cap; the step has long reached the cap by 2 ** 32 anyway."""
+
     def next(self) -> float:
-        step = min(self.cap_s, self.initial_s * 2.0**self.failures)
+        exponent = min(self.failures, self.MAX_EXPONENT)
+        step = min(self.cap_s, self.initial_s * 2.0**exponent)
         self.failures += 1
         return step * self._rng.uniform(0.5, 1.0)
 

@@ -178,10 +178,12 @@ async def test_a_heartbeat_on_a_lost_check_re_registers_before_the_resync(legacy
         assert b.fake is not None
         b.fake.restart()
         b.fake.requests.clear()
-        await b.advance(b.ttl_s / 3 + 0.1)  # a heartbeat is due; the resync is not
+        await b.advance(b.ttl_s / 3 + 0.1)  # a heartbeat is due; the periodic resync is not
         await registrar.sync_once()
         assert b.fake.passing("kong") == ["kong"]
-        assert ("GET", "/v1/agent/services") not in b.fake.requests
+        # Re-registered by the heartbeat path (the lost check is re-registered at once), then
+        # one listing checks whether Consul lost the others too.
+        assert b.fake.requests[("GET", "/v1/agent/services")] == 1
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
@@ -446,3 +448,41 @@ async def test_ownership_is_checked_even_when_the_agent_ignores_the_filter() -> 
         await registrar.sync_once()
         assert {"manual", "peer"} <= set(await b.services())
         assert not registrar.is_registered("manual")
+
+
+async def test_consul_losing_many_registrations_is_one_line_not_one_per_service() -> None:
+    async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
+        assert b.fake is not None
+        logger, capture = capturing_logger()
+        services = [tcp_service(f"svc-{i}") for i in range(30)]
+        registrar = b.registrar(client, services, logger)
+        for svc in services:
+            registrar.observe(svc, State.UP)
+        await registrar.sync_once()
+        assert len(b.fake.services) == 30
+        b.fake.restart()
+        capture.entries.clear()
+        for _ in range(100):  # until the first heartbeat comes due and finds its check gone
+            await b.advance(0.25)
+            await registrar.sync_once()
+            if b.fake.services:
+                break
+        assert len(b.fake.services) == 30  # all back in that same pass
+        lost = events(capture, "consul_registration_lost")
+        assert 1 <= len(lost) <= 10  # the heartbeats that found out; the resync did the rest
+        assert all(e["log_level"] == "warning" for e in lost)
+        registered = [e for e in events(capture, "consul_registered") if e["log_level"] == "info"]
+        assert len(registered) == 1
+        assert registered[0]["count"] == 30
+
+
+async def test_a_few_changes_are_still_logged_one_line_each() -> None:
+    async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
+        logger, capture = capturing_logger()
+        services = [tcp_service(f"svc-{i}") for i in range(3)]
+        registrar = b.registrar(client, services, logger)
+        for svc in services:
+            registrar.observe(svc, State.UP)
+        await registrar.sync_once()
+        registered = events(capture, "consul_registered")
+        assert sorted(e["service_id"] for e in registered) == ["svc-0", "svc-1", "svc-2"]

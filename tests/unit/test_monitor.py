@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import generate_latest
+from structlog.testing import capture_logs
 
 from sutazai_agent.config import AgentConfig, ServiceConfig, TcpService
 from sutazai_agent.metrics import Metrics
@@ -149,3 +150,34 @@ async def test_ready_after_every_service_has_a_result_and_snapshot() -> None:
     assert snap["db"]["since"] == "2026-11-26T00:00:00.000Z"
     text = generate_latest(metrics.registry).decode()
     assert 'sutazai_agent_probes_total{kind="tcp",result="fail",service="mq"} 1.0' in text
+
+
+async def test_a_long_outbox_failure_is_bounded_and_logged_once() -> None:
+    config = AgentConfig(
+        services=[TcpService(name=f"s{i}", kind="tcp", host="h", port=1) for i in range(3)],
+        rise=1,
+        fall=1,
+    )
+    journal = Journal()
+    sink = FakeSink(journal)
+    sink.failures = 10**6
+    metrics = Metrics()
+    monitor = Monitor(
+        config, sink, FakeRegistrar(journal), FakePublisher(journal), metrics, max_pending=4
+    )
+    with capture_logs() as logs:
+        task = asyncio.create_task(monitor.run())
+        for _ in range(10):  # 30 transitions: up, down, up, ... for three services
+            for name in ("s0", "s1", "s2"):
+                monitor.record(name, FAIL if monitor.views[name].machine.state is State.UP else OK)
+            await asyncio.sleep(0.01)
+        assert len(monitor._pending) <= 4
+        sink.failures = 0
+        assert await monitor.flush(5.0)
+        task.cancel()
+    events = [entry["event"] for entry in logs]
+    assert events.count("outbox_write_failed") == 1
+    assert events.count("transitions_dropped") == 1
+    assert events.count("outbox_write_recovered") == 1
+    dropped = metrics.registry.get_sample_value("sutazai_agent_events_dropped_total")
+    assert dropped == 30 - len([line for line in journal.lines if line.startswith("outbox")])

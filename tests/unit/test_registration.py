@@ -118,3 +118,11 @@ def test_backoff_grows_with_jitter_up_to_the_cap_and_resets() -> None:
     assert len(set(delays)) == len(delays)  # jittered
     backoff.reset()
     assert backoff.next() <= 1.0
+
+
+def test_backoff_survives_a_day_long_outage() -> None:
+    # 2.0 ** 1024 overflows: without a bounded exponent the registrar's retry loop died
+    # after some 8 hours of Consul being unreachable.
+    backoff = Backoff(initial_s=1.0, cap_s=30.0, rng=random.Random(7))
+    delays = [backoff.next() for _ in range(3000)]
+    assert all(15.0 <= d <= 30.0 for d in delays[10:])
