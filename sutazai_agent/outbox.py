@@ -180,18 +180,18 @@ class SqliteOutbox:
 
     def _append_sync(self, transitions: list[Transition]) -> None:
         db = self._conn()
-        known = dict(self._known)
+        changed: dict[str, KnownState] = {}
         created_at = datetime.now(UTC).isoformat()
         rows = []
         for transition in transitions:
-            previous = known.get(transition.service)
+            previous = changed.get(transition.service) or self._known.get(transition.service)
             sequence = (previous.sequence if previous is not None else 0) + 1
             event = events.build_event(transition, agent_id=self._agent_id, sequence=sequence)
             key = events.routing_key(transition.service, transition.current)
             rows.append(
                 (event["id"], transition.service, sequence, key, events.encode(event), created_at)
             )
-            known[transition.service] = KnownState(transition.current, transition.at, sequence)
+            changed[transition.service] = KnownState(transition.current, transition.at, sequence)
         dropped: list[tuple[str, int]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -206,8 +206,7 @@ class SqliteOutbox:
                 " state = excluded.state, since = excluded.since, sequence = excluded.sequence",
                 [
                     (name, state.state.value, state.since.isoformat(), state.sequence)
-                    for name, state in known.items()
-                    if self._known.get(name) != state
+                    for name, state in changed.items()
                 ],
             )
             excess = self._pending + len(rows) - self._max_events
@@ -222,7 +221,7 @@ class SqliteOutbox:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._known = types.MappingProxyType(known)
+        self._known = types.MappingProxyType({**self._known, **changed})
         self._set_pending(self._pending + len(rows) - len(dropped))
         if dropped:
             self._metrics.events_dropped.inc(len(dropped))
