@@ -35,7 +35,9 @@ def stats(consul: FakeConsul) -> dict[str, Any]:
 
 
 async def serve() -> None:
-    consul = FakeConsul()
+    # evaluate() (TTL expiry, reaping) walks every check: at 10,000 services, on every
+    # request, the fake could not keep up with the heartbeats. 0.1 s is far below any TTL.
+    consul = FakeConsul(evaluate_every_s=0.1)
     await consul.start()
 
     async def handler(_: web.Request) -> web.Response:

@@ -13,6 +13,10 @@ long-running task; each pass (``sync_once()``) does, in order:
    that finds its registration gone re-registers it and triggers an anti-entropy pass at
    once, so that after Consul loses its state every registration is back in one pass.
 
+A pass costs what it does, not the number of services: it applies only pending changes (at
+most ``APPLY_MAX``: heartbeats are not held up by thousands), pops only due heartbeats from a
+heap, ``IN_FLIGHT_MAX`` services at a time, and keeps a running registered count.
+
 Consul unreachable, 5xx or 403: nothing is forgotten; the pass stops, the next one waits a
 jittered exponential backoff (capped), one log line marks the start of the outage and one
 its end, and the first pass after it starts with anti-entropy.
@@ -22,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
-from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -45,11 +49,17 @@ from sutazai_agent.model import State, utcnow
 from sutazai_agent.protocols import Clock
 from sutazai_agent.registration import (
     CONSUL_DEREGISTER_FLOOR_S,
+    OUTAGE_LOG,
     Backoff,
+    Entry,
+    Ledger,
+    PassLog,
     check_id,
     check_status,
     differs,
     is_ours,
+    next_beat_at,
+    outage_kind,
     ownership_filter,
     registration_payload,
 )
@@ -61,24 +71,11 @@ BACKOFF_CAP_S = 30.0
 LOG_EACH_MAX = 10
 """A pass with more changes of one kind than this logs them as one line (count + first ids):
 after Consul loses its state, 300 services re-registered are one line, not 600."""
+IN_FLIGHT_MAX = 16
+"""Services whose changes or heartbeats are sent at once (one service's calls stay in order)."""
+APPLY_MAX = 256
+"""Changes applied per pass at most; the next pass, with the due heartbeats first, follows."""
 _WARNINGS = frozenset({"consul_registration_lost"})
-
-
-@dataclass(slots=True)
-class _Entry:
-    """What the registrar wants for one service and what it believes Consul holds."""
-
-    service: ServiceConfig
-    desired: State = State.UNKNOWN
-    registered: bool = False
-    """Consul holds a registration of ours under this id."""
-    fresh: bool = False
-    """Registered (or re-registered) by this process with this configuration."""
-    status: CheckStatus | None = None
-    """Check status last written."""
-    next_beat_at: float | None = None
-    rejected: str | None = None
-    """Consul refused this service's registration (4xx): retried at the next anti-entropy."""
 
 
 class ConsulRegistrar:
@@ -106,12 +103,14 @@ class ConsulRegistrar:
         self._url = redact_url(config.url)
         self._filter = ownership_filter(agent_id)
         self._beat_interval_s = config.ttl_s / 3.0
-        self._entries: dict[str, _Entry] = {s.id: _Entry(s) for s in services if s.register_service}
+        self._ledger = Ledger(services)
+        self._entries = self._ledger.entries
         self._backoff = Backoff(cap_s=BACKOFF_CAP_S, rng=self._rng)
-        self._pass_log: dict[str, list[dict[str, Any]]] = {}
+        self._pass_log = PassLog(LOG_EACH_MAX, _WARNINGS)
         self._wake = asyncio.Event()
         self._closed = False
         self._resync_pending = True
+        self._more_pending = False
         self._next_resync_at = 0.0
         self._retry_at = 0.0
         self._outage: str | None = None
@@ -131,15 +130,14 @@ class ConsulRegistrar:
     def observe(self, service: ServiceConfig, state: State) -> None:
         if not service.register_service:
             return
-        entry = self._entries.get(service.id)
-        if entry is None:
-            entry = self._entries[service.id] = _Entry(service)
+        entry = self._ledger.entry(service)
         changed = False
-        if entry.service != service:
+        if entry.service is not service and entry.service != service:
             entry.service, entry.fresh, changed = service, False, True
         if entry.desired is not state:
             entry.desired, entry.rejected, changed = state, None, True
         if changed:
+            self._ledger.settle(entry)
             self._wake.set()
 
     def is_registered(self, service_id: str) -> bool:
@@ -150,7 +148,7 @@ class ConsulRegistrar:
         return {
             "reachable": self._reachable,
             "url": self._url,
-            "registered": self._registered_count(),
+            "registered": self._ledger.registered,
             "last_error": self._last_error,
             "last_sync_at": None
             if self._last_sync_at is None
@@ -202,21 +200,20 @@ class ConsulRegistrar:
         try:
             if self._resync_pending or now >= self._next_resync_at:
                 await self._resync()
-            for entry in list(self._entries.values()):
-                await self._apply(entry)
+            await self._apply_pending()
             await self._heartbeats()
             if self._resync_pending:
                 # A heartbeat found a registration gone: Consul may have lost them all (a
                 # restart without its data). Check them all now rather than one by one as
                 # each heartbeat comes due, which leaves services out of DNS meanwhile.
                 await self._resync()
-                for entry in list(self._entries.values()):
-                    await self._apply(entry)
+                await self._apply_pending()
         except ConsulError as exc:  # unreachable, 403, or an answer we cannot use
             return self._failed(exc)
         finally:
-            self._metrics.consul_registered_services.set(self._registered_count())
-            self._log_pass()
+            self._metrics.consul_registered_services.set(self._ledger.registered)
+            for level, event, fields in self._pass_log.drain():
+                getattr(self._log, level)(event, **fields)
         return self._next_due()
 
     # --- the three duties ----------------------------------------------------------------
@@ -229,100 +226,128 @@ class ConsulRegistrar:
                 await self._op("deregister", self._client.deregister_service(sid))
                 self._note("consul_deregistered", service_id=sid, reason="not configured")
                 continue
-            entry.registered = True
+            self._ledger.set_registered(entry, True)
             entry.rejected = None
             status = check_status(entry.desired)
             if status is not None and differs(svc, self._payload(entry, status)):
                 entry.fresh = False
+            self._ledger.settle(entry)
         for sid, entry in self._entries.items():
             entry.rejected = None
             if sid not in ours and entry.registered:
-                entry.registered = entry.fresh = False
+                self._ledger.set_registered(entry, False)
                 entry.next_beat_at = None
+            self._ledger.settle(entry)
         self._resync_pending = False
         self._next_resync_at = self._clock() + self._config.resync_interval_s
         self._last_sync_at = utcnow()
 
-    async def _apply(self, entry: _Entry, *, retry_lost: bool = True) -> None:
-        if entry.rejected is not None:
+    async def _apply_pending(self) -> None:
+        pending = self._ledger.pending
+        entries = [self._entries[sid] for sid in itertools.islice(pending, APPLY_MAX)]
+        self._more_pending = len(pending) > len(entries)
+        for start in range(0, len(entries), IN_FLIGHT_MAX):
+            await self._together(self._apply, entries[start : start + IN_FLIGHT_MAX])
+
+    async def _apply(self, entry: Entry, *, retry_lost: bool = True) -> None:
+        """Write ``entry``'s pending change, if any; then file it under pending or not."""
+        try:
+            if entry.rejected is None:
+                await self._apply_once(entry)
+        except ConsulNotFoundError as exc:
+            if retry_lost:
+                # The check vanished under a registration we believed in: register it again.
+                self._lost(entry)
+                await self._apply(entry, retry_lost=False)
+            else:
+                self._rejected(entry, exc)
+        except (ConsulUnavailableError, ConsulPermissionError):
+            raise
+        except ConsulError as exc:
+            self._rejected(entry, exc)
+        self._ledger.settle(entry)
+
+    async def _apply_once(self, entry: Entry) -> None:
+        service_id = entry.service.id
+        status = check_status(entry.desired)
+        change = entry.change()
+        if change == "register" and status is not None:
+            reason = "changed" if entry.registered else "missing"
+            await self._op("register", self._client.register_service(self._payload(entry, status)))
+            self._ledger.set_registered(entry, True)
+            entry.fresh, entry.status = True, None
+            # Consul keeps an existing check's status on re-registration: always set it.
+            await self._write_status(entry, status, "check_update")
+            self._note("consul_registered", service_id=service_id, status=status, reason=reason)
+        elif change == "check_update" and status is not None:
+            await self._write_status(entry, status, "check_update")
+            self._note("consul_check_updated", service_id=service_id, status=status)
+        elif change == "deregister":
+            await self._op("deregister", self._client.deregister_service(service_id))
+            self._ledger.set_registered(entry, False)
+            entry.status = entry.next_beat_at = None
+            self._note("consul_deregistered", service_id=service_id, reason="down")
+
+    async def _heartbeats(self) -> None:
+        """Send the heartbeats due now, ``IN_FLIGHT_MAX`` at a time (those falling due meanwhile
+        wait for the next pass, so that changes are not held up); on an outage, stop there."""
+        now = self._clock()
+        while batch := self._ledger.beats.pop_due(now, IN_FLIGHT_MAX):
+            entries = [self._entries[service_id] for service_id in batch]
+            dues = [entry.next_beat_at for entry in entries]
+            try:
+                await self._together(self._beat, entries)
+            finally:
+                for entry, due in zip(entries, dues, strict=True):
+                    if due is not None and entry.beat_due() == due:  # not sent: still due
+                        self._ledger.beats.push(due, entry.service.id)
+
+    async def _together(
+        self, action: Callable[[Entry], Awaitable[None]], entries: list[Entry]
+    ) -> None:
+        """``action`` on every entry at once; then the first failure, if any, is raised."""
+        results = await asyncio.gather(*(action(e) for e in entries), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _beat(self, entry: Entry) -> None:
+        status = entry.status
+        if status is None:
             return
         try:
-            await self._apply_once(entry)
-        except ConsulNotFoundError as exc:
-            if not retry_lost:
-                self._rejected(entry, exc)
-                return
-            # The check vanished under a registration we believed in: register it again.
+            await self._write_status(entry, status, "heartbeat")
+        except ConsulNotFoundError:
+            # Consul lost it (restart, manual deregistration, reaped): restore it now.
             self._lost(entry)
             await self._apply(entry, retry_lost=False)
         except (ConsulUnavailableError, ConsulPermissionError):
             raise
         except ConsulError as exc:
+            self._ledger.schedule_beat(entry, self._clock() + self._beat_interval_s)
             self._rejected(entry, exc)
 
-    async def _apply_once(self, entry: _Entry) -> None:
-        service_id = entry.service.id
-        status = check_status(entry.desired)
-        if status is not None and not (entry.registered and entry.fresh):
-            reason = "changed" if entry.registered else "missing"
-            await self._op("register", self._client.register_service(self._payload(entry, status)))
-            entry.registered, entry.fresh, entry.status = True, True, None
-            # Consul keeps an existing check's status on re-registration: always set it.
-            await self._write_status(entry, status, "check_update")
-            self._note("consul_registered", service_id=service_id, status=status, reason=reason)
-        elif status is not None and entry.status != status:
-            await self._write_status(entry, status, "check_update")
-            self._note("consul_check_updated", service_id=service_id, status=status)
-        elif entry.desired is State.DOWN and entry.registered:
-            await self._op("deregister", self._client.deregister_service(service_id))
-            entry.registered = entry.fresh = False
-            entry.status = entry.next_beat_at = None
-            self._note("consul_deregistered", service_id=service_id, reason="down")
-
-    async def _heartbeats(self) -> None:
-        for entry in list(self._entries.values()):
-            due = entry.next_beat_at
-            if not entry.registered or entry.status is None or due is None:
-                continue
-            if due > self._clock():
-                continue
-            try:
-                await self._write_status(entry, entry.status, "heartbeat")
-            except ConsulNotFoundError:
-                # Consul lost it (restart, manual deregistration, reaped): restore it now.
-                self._lost(entry)
-                await self._apply(entry, retry_lost=False)
-            except (ConsulUnavailableError, ConsulPermissionError):
-                raise
-            except ConsulError as exc:
-                entry.next_beat_at = self._clock() + self._beat_interval_s
-                self._rejected(entry, exc)
-
-    def _lost(self, entry: _Entry) -> None:
+    def _lost(self, entry: Entry) -> None:
         self._note("consul_registration_lost", service_id=entry.service.id, action="re-register")
         self._resync_pending = True
-        entry.registered = entry.fresh = False
+        self._ledger.set_registered(entry, False)
         entry.status = entry.next_beat_at = None
+        self._ledger.settle(entry)
 
     # --- helpers -------------------------------------------------------------------------
-    def _payload(self, entry: _Entry, status: CheckStatus) -> dict[str, Any]:
+    def _payload(self, entry: Entry, status: CheckStatus) -> dict[str, Any]:
         return registration_payload(entry.service, self._agent_id, self._config, status)
 
-    async def _write_status(self, entry: _Entry, status: CheckStatus, operation: str) -> None:
+    async def _write_status(self, entry: Entry, status: CheckStatus, operation: str) -> None:
         output = f"{entry.desired.value} (sutazai-agent {self._agent_id})"
         call = self._client.update_ttl(check_id(entry.service.id), status, output)
         await self._op(operation, call)
         entry.status = status
-        now = self._clock()
-        interval = self._beat_interval_s
-        due = entry.next_beat_at
-        if operation == "heartbeat" and due is not None and due + interval > now:
-            entry.next_beat_at = due + interval  # keep the phase: no drift
-        elif due is None:
-            # First beat of a new registration: spread the phases over half an interval.
-            entry.next_beat_at = now + interval * self._rng.uniform(0.5, 1.0)
-        else:
-            entry.next_beat_at = now + interval
+        beat = operation == "heartbeat"
+        due = next_beat_at(
+            entry.next_beat_at, self._clock(), self._beat_interval_s, beat, self._rng
+        )
+        self._ledger.schedule_beat(entry, due)
 
     async def _op(self, operation: str, call: Awaitable[T]) -> T:
         counter = self._metrics.consul_operations
@@ -339,50 +364,19 @@ class ConsulRegistrar:
 
     def _note(self, event: str, **fields: Any) -> None:
         """Log ``event`` at the end of the pass (one line each, or one for many)."""
-        self._pass_log.setdefault(event, []).append(fields)
-
-    def _log_pass(self) -> None:
-        notes, self._pass_log = self._pass_log, {}
-        for event, items in notes.items():
-            emit = self._log.warning if event in _WARNINGS else self._log.info
-            if len(items) <= LOG_EACH_MAX:
-                for fields in items:
-                    emit(event, **fields)
-                continue
-            for fields in items:
-                self._log.debug(event, **fields)
-            summary: dict[str, Any] = {
-                "count": len(items),
-                "service_ids": [f["service_id"] for f in items[:LOG_EACH_MAX]],
-            }
-            for key in ("status", "reason", "action"):
-                values = sorted({str(f[key]) for f in items if key in f})
-                if values:
-                    summary[key] = values[0] if len(values) == 1 else values
-            emit(event, **summary)
+        self._pass_log.note(event, fields)
 
     def _recovered(self) -> None:
         self._reachable = True
-        if self._outage is None:
-            return
-        self._log.info(
-            "consul_recovered",
-            url=self._url,
-            outage_s=round(self._clock() - self._outage_since, 3),
-        )
-        self._outage = None
-        self._last_error = None
-        self._backoff.reset()
+        if self._outage is not None:
+            outage_s = round(self._clock() - self._outage_since, 3)
+            self._log.info("consul_recovered", url=self._url, outage_s=outage_s)
+            self._outage = self._last_error = None
+            self._backoff.reset()
 
     def _failed(self, exc: ConsulError) -> float:
         now = self._clock()
-        kind = (
-            "forbidden"
-            if isinstance(exc, ConsulPermissionError)
-            else "unreachable"
-            if isinstance(exc, ConsulUnavailableError)
-            else "error"
-        )
+        kind = outage_kind(exc)
         self._reachable = kind != "unreachable"  # a 403 or a 400 is an answer
         self._last_error = str(exc)
         self._resync_pending = True
@@ -392,25 +386,11 @@ class ConsulRegistrar:
             if self._outage is None:
                 self._outage_since = now
             self._outage = kind
-            if kind == "forbidden":
-                self._log.error(
-                    "consul_permission_denied",
-                    url=self._url,
-                    error=str(exc),
-                    hint="check consul.token (sent as X-Consul-Token) and its ACL policy",
-                    action="will retry",
-                )
-            elif kind == "unreachable":
-                self._log.warning(
-                    "consul_unreachable", url=self._url, error=str(exc), action="will retry"
-                )
-            else:
-                self._log.error(
-                    "consul_sync_error", url=self._url, error=str(exc), action="will retry"
-                )
+            level, event, extra = OUTAGE_LOG[kind]  # one line per outage (or change of kind)
+            getattr(self._log, level)(event, url=self._url, error=str(exc), **extra)
         return delay_s
 
-    def _rejected(self, entry: _Entry, exc: ConsulError) -> None:
+    def _rejected(self, entry: Entry, exc: ConsulError) -> None:
         message = str(exc)
         if entry.rejected != message:
             self._log.error(
@@ -423,12 +403,8 @@ class ConsulRegistrar:
         self._last_error = message
 
     def _next_due(self) -> float:
-        now = self._clock()
-        due = self._next_resync_at
-        for entry in self._entries.values():
-            if entry.registered and entry.status is not None and entry.next_beat_at is not None:
-                due = min(due, entry.next_beat_at)
-        return max(due - now, 0.0)
-
-    def _registered_count(self) -> int:
-        return sum(1 for entry in self._entries.values() if entry.registered)
+        if self._more_pending:
+            return 0.0
+        beat = self._ledger.beats.first()
+        due = self._next_resync_at if beat is None else min(beat, self._next_resync_at)
+        return max(due - self._clock(), 0.0)

@@ -1,4 +1,5 @@
-"""Pure parts of Consul registration: payloads, ownership, drift, backoff. No I/O here.
+"""Pure parts of Consul registration: payloads, ownership, drift, backoff, and the per-service
+state and heartbeat schedule the registrar keeps. No I/O here.
 
 The payload is the contract in DESIGN.md ("Consul contract"): ``ID``, ``Name``, ``Address``,
 ``Port``, ``Tags``, ``Meta`` (``managed-by``, ``agent-id``, ``kind`` plus the user's) and one
@@ -7,12 +8,20 @@ TTL check ``sutazai:<service_id>``.
 
 from __future__ import annotations
 
+import heapq
 import random
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from sutazai_agent.config import ConsulConfig, ServiceConfig, registration_address
-from sutazai_agent.consul_api import AgentService, CheckStatus
+from sutazai_agent.consul_api import (
+    AgentService,
+    CheckStatus,
+    ConsulError,
+    ConsulPermissionError,
+    ConsulUnavailableError,
+)
 from sutazai_agent.model import State
 
 MANAGED_BY = "sutazai-agent"
@@ -121,3 +130,199 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+@dataclass(slots=True)
+class Entry:
+    """What the registrar wants for one service and what it believes Consul holds."""
+
+    service: ServiceConfig
+    desired: State = State.UNKNOWN
+    registered: bool = False
+    """Consul holds a registration of ours under this id."""
+    fresh: bool = False
+    """Registered (or re-registered) by this process with this configuration."""
+    status: CheckStatus | None = None
+    """Check status last written."""
+    next_beat_at: float | None = None
+    rejected: str | None = None
+    """Consul refused this service's registration (4xx): retried at the next anti-entropy."""
+
+    def change(self) -> Literal["register", "check_update", "deregister"] | None:
+        """The write that brings Consul to the desired state, if any."""
+        status = check_status(self.desired)
+        if status is not None and not (self.registered and self.fresh):
+            return "register"  # always followed by a check update
+        if status is not None and self.status != status:
+            return "check_update"
+        if self.desired is State.DOWN and self.registered:
+            return "deregister"
+        return None
+
+    def pending(self) -> bool:
+        """Whether the registrar has a change to apply (a rejected entry waits for the next
+        anti-entropy)."""
+        return self.rejected is None and self.change() is not None
+
+    def beat_due(self) -> float | None:
+        """When this service's next heartbeat is due; ``None`` when it has none."""
+        if not self.registered or self.status is None:
+            return None
+        return self.next_beat_at
+
+
+def next_beat_at(
+    due: float | None, now: float, interval_s: float, heartbeat: bool, rng: random.Random
+) -> float:
+    """When the next heartbeat is due after a check write at ``now``.
+
+    After a heartbeat the phase is kept (``due + interval``: no drift) unless that is already
+    past (skip, don't burst); the first beat of a new registration is spread over half an
+    interval; after any other write, one interval from now.
+    """
+    if heartbeat and due is not None and due + interval_s > now:
+        return due + interval_s
+    if due is None:
+        return now + interval_s * rng.uniform(0.5, 1.0)
+    return now + interval_s
+
+
+class BeatSchedule:
+    """Heartbeat due times: a heap of ``(due, service_id)``, invalidated lazily.
+
+    A rescheduled or cancelled service leaves its old item in the heap; ``current(id)`` (the
+    service's due time now, or ``None``) tells a live item from a stale one, which is dropped
+    when it reaches the top. Each service is pushed once per check write, so the heap holds
+    about one item per registered service plus the writes of the last interval.
+    """
+
+    def __init__(self, current: Callable[[str], float | None]) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._current = current
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, due: float, service_id: str) -> None:
+        heapq.heappush(self._heap, (due, service_id))
+
+    def first(self) -> float | None:
+        """The earliest live due time (stale items on top are dropped)."""
+        heap = self._heap
+        while heap:
+            due, service_id = heap[0]
+            if self._current(service_id) == due:
+                return due
+            heapq.heappop(heap)
+        return None
+
+    def pop_due(self, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` distinct services whose beat is due at ``now``, earliest first."""
+        out: list[str] = []
+        heap = self._heap
+        while heap and len(out) < limit and heap[0][0] <= now:
+            due, service_id = heapq.heappop(heap)
+            if self._current(service_id) == due and service_id not in out:
+                out.append(service_id)
+        return out
+
+
+class Ledger:
+    """The registrar's entries, with the indexes that keep a pass proportional to its work: the
+    ids with a pending change (in marking order), the heartbeat schedule, the registered count.
+    Whoever changes an entry's fields calls ``settle`` (and ``set_registered`` for
+    ``registered``) so that the indexes stay true."""
+
+    def __init__(self, services: Iterable[ServiceConfig]) -> None:
+        self.entries = {s.id: Entry(s) for s in services if s.register_service}
+        self.pending: dict[str, None] = {}
+        self.beats = BeatSchedule(lambda service_id: self.entries[service_id].beat_due())
+        self.registered = 0
+
+    def entry(self, service: ServiceConfig) -> Entry:
+        found = self.entries.get(service.id)
+        if found is None:
+            found = self.entries[service.id] = Entry(service)
+        return found
+
+    def settle(self, entry: Entry) -> None:
+        """File ``entry`` under pending changes, or take it out, after it changed."""
+        if entry.pending():
+            self.pending[entry.service.id] = None
+        else:
+            self.pending.pop(entry.service.id, None)
+
+    def set_registered(self, entry: Entry, registered: bool) -> None:
+        if entry.registered is not registered:
+            self.registered += 1 if registered else -1
+        entry.registered = registered
+        if not registered:
+            entry.fresh = False
+
+    def schedule_beat(self, entry: Entry, due: float) -> None:
+        entry.next_beat_at = due
+        self.beats.push(due, entry.service.id)
+
+
+def pass_summary(items: Sequence[Mapping[str, Any]], limit: int) -> dict[str, Any]:
+    """One log line for many changes of one kind: the count, the first ids, the common
+    values of ``status``/``reason``/``action`` (a sorted list when they differ)."""
+    summary: dict[str, Any] = {
+        "count": len(items),
+        "service_ids": [f["service_id"] for f in items[:limit]],
+    }
+    for key in ("status", "reason", "action"):
+        values = sorted({str(f[key]) for f in items if key in f})
+        if values:
+            summary[key] = values[0] if len(values) == 1 else values
+    return summary
+
+
+class PassLog:
+    """The changes of one registrar pass, logged at its end: one line each, or, past
+    ``limit`` changes of one kind, one summary line (``pass_summary``) with each at debug."""
+
+    def __init__(self, limit: int, warnings: frozenset[str]) -> None:
+        self.limit = limit
+        self.warnings = warnings
+        self._notes: dict[str, list[dict[str, Any]]] = {}
+
+    def note(self, event: str, fields: dict[str, Any]) -> None:
+        self._notes.setdefault(event, []).append(fields)
+
+    def drain(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The ``(level, event, fields)`` lines to log, and forget them."""
+        notes, self._notes = self._notes, {}
+        lines: list[tuple[str, str, dict[str, Any]]] = []
+        for event, items in notes.items():
+            level = "warning" if event in self.warnings else "info"
+            if len(items) <= self.limit:
+                lines.extend((level, event, fields) for fields in items)
+                continue
+            lines.extend(("debug", event, fields) for fields in items)
+            lines.append((level, event, pass_summary(items, self.limit)))
+        return lines
+
+
+OUTAGE_LOG: dict[str, tuple[str, str, dict[str, str]]] = {
+    "forbidden": (
+        "error",
+        "consul_permission_denied",
+        {
+            "hint": "check consul.token (sent as X-Consul-Token) and its ACL policy",
+            "action": "will retry",
+        },
+    ),
+    "unreachable": ("warning", "consul_unreachable", {"action": "will retry"}),
+    "error": ("error", "consul_sync_error", {"action": "will retry"}),
+}
+"""How the start of an outage of each kind is logged: ``(level, event, extra fields)``."""
+
+
+def outage_kind(exc: ConsulError) -> str:
+    """``forbidden`` (403), ``unreachable`` (no answer, 5xx) or ``error`` (an unusable answer)."""
+    if isinstance(exc, ConsulPermissionError):
+        return "forbidden"
+    if isinstance(exc, ConsulUnavailableError):
+        return "unreachable"
+    return "error"

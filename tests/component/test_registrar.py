@@ -11,9 +11,15 @@ from __future__ import annotations
 import pytest
 
 from sutazai_agent.config import ConsulService
-from sutazai_agent.consul_api import AgentService, ConsulClient
+from sutazai_agent.consul_api import (
+    AgentService,
+    CheckStatus,
+    ConsulClient,
+    ConsulUnavailableError,
+)
 from sutazai_agent.metrics import Metrics
 from sutazai_agent.model import State
+from sutazai_agent.registrar import APPLY_MAX
 from tests.component.consul_backends import (
     BACKENDS,
     Backend,
@@ -24,6 +30,7 @@ from tests.component.consul_backends import (
 )
 
 CHECK_UPDATE = ("PUT", "/v1/agent/check/update/{check_id}")
+REGISTER = ("PUT", "/v1/agent/service/register")
 
 
 def puts(backend: Backend) -> dict[str, int]:
@@ -486,3 +493,72 @@ async def test_a_few_changes_are_still_logged_one_line_each() -> None:
         await registrar.sync_once()
         registered = events(capture, "consul_registered")
         assert sorted(e["service_id"] for e in registered) == ["svc-0", "svc-1", "svc-2"]
+
+
+class FailingUpdates(ConsulClient):
+    """Lets ``allowed`` check updates through, then fails the next ``failures`` with ``error``."""
+
+    allowed: int | None = None
+    failures = 0
+    error: Exception = ConsulUnavailableError("heartbeat", "connection reset")
+
+    async def update_ttl(self, check_id: str, status: CheckStatus, output: str = "") -> None:
+        if self.allowed is not None:
+            if self.allowed == 0 and self.failures:
+                self.failures -= 1
+                raise self.error
+            self.allowed -= 1
+        await super().update_ttl(check_id, status, output)
+
+
+@pytest.mark.parametrize("failure", ["unavailable", "bug"])
+async def test_heartbeats_cut_short_mid_batch_are_sent_by_the_next_pass(failure: str) -> None:
+    """40 heartbeats due at once go out 16 at a time; a failure after 20 leaves the other 20
+    due (none lost from the schedule), and they keep every check passing after."""
+    async with consul_backend("fake") as b, FailingUpdates(b.consul_config()) as client:
+        assert b.fake is not None
+        services = [tcp_service(f"svc-{i}") for i in range(40)]
+        registrar = b.registrar(client, services)
+        for svc in services:
+            registrar.observe(svc, State.UP)
+        await registrar.sync_once()
+        await b.advance(b.ttl_s / 3)  # every first beat is due (spread over half an interval)
+        client.allowed, client.failures = 20, 12
+        if failure == "bug":
+            client.error = RuntimeError("bug")
+            with pytest.raises(RuntimeError):  # run()'s loop boundary logs and retries it
+                await registrar.sync_once()
+        else:
+            await b.advance(await registrar.sync_once())  # wait out the backoff
+        client.allowed = None
+        b.fake.requests.clear()
+        await registrar.sync_once()
+        assert b.fake.requests[CHECK_UPDATE] == 20
+        for _ in range(int(3 * b.ttl_s)):
+            await b.advance(1.0)
+            await registrar.sync_once()
+        assert all(b.fake.passing(s.name) == [s.id] for s in services)
+
+
+async def test_a_burst_of_changes_does_not_hold_up_the_heartbeats() -> None:
+    """Hundreds of services coming up at once are applied APPLY_MAX per pass, with the due
+    heartbeats between passes; the next pass follows at once."""
+    async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
+        assert b.fake is not None
+        early = [tcp_service(f"early-{i}") for i in range(3)]
+        burst = [tcp_service(f"burst-{i}") for i in range(APPLY_MAX + 44)]
+        registrar = b.registrar(client, early + burst)
+        for svc in early:
+            registrar.observe(svc, State.UP)
+        await registrar.sync_once()
+        await b.advance(b.ttl_s / 3)  # the early services' first heartbeats are due
+        for svc in burst:
+            registrar.observe(svc, State.UP)
+        b.fake.requests.clear()
+        assert await registrar.sync_once() == 0.0  # more to apply: run again at once
+        assert b.fake.requests[REGISTER] == APPLY_MAX
+        assert b.fake.requests[CHECK_UPDATE] == APPLY_MAX + 3  # and the three heartbeats
+        await registrar.sync_once()
+        assert b.fake.requests[REGISTER] == APPLY_MAX + 44
+        assert all(b.fake.passing(s.name) == [s.id] for s in early + burst)
+        assert registrar.status()["registered"] == 3 + APPLY_MAX + 44

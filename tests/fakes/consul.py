@@ -83,8 +83,14 @@ class FakeConsul:
         legacy: bool = False,
         reap_interval_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        evaluate_every_s: float = 0.0,
     ) -> None:
+        """``evaluate_every_s``: expire TTLs and reap at most this often (0: before every
+        request, exact). ``evaluate()`` walks every check, so with thousands of services
+        the benchmarks' fake (``bench/consul_server.py``) throttles it."""
         self.clock = clock
+        self.evaluate_every_s = evaluate_every_s
+        self._evaluated_at: float | None = None
         self.ssl_context = ssl_context
         self.acl_token = acl_token
         self.legacy = legacy
@@ -219,7 +225,10 @@ class FakeConsul:
         info = request.match_info.route.resource
         route = info.canonical if info is not None else request.path
         self.requests[(request.method, route)] += 1
-        self.evaluate()
+        now = self.clock()
+        if self._evaluated_at is None or now - self._evaluated_at >= self.evaluate_every_s:
+            self._evaluated_at = now
+            self.evaluate()
         if self.acl_token is not None and not route.startswith("/v1/status/"):
             token = request.headers.get("X-Consul-Token") or request.query.get("token", "")
             if token != self.acl_token:

@@ -1,4 +1,5 @@
-"""The pure parts of Consul registration: payload, durations, ownership, drift, backoff."""
+"""The pure parts of Consul registration: payload, durations, ownership, drift, backoff, and the
+registrar's entry state, heartbeat schedule and pass log."""
 
 from __future__ import annotations
 
@@ -7,14 +8,26 @@ import random
 import pytest
 
 from sutazai_agent.config import ConsulConfig, HttpService, TcpService
-from sutazai_agent.consul_api import AgentService
+from sutazai_agent.consul_api import (
+    AgentService,
+    ConsulError,
+    ConsulNotFoundError,
+    ConsulPermissionError,
+    ConsulUnavailableError,
+)
 from sutazai_agent.model import State
 from sutazai_agent.registration import (
     Backoff,
+    BeatSchedule,
+    Entry,
+    Ledger,
+    PassLog,
     check_status,
     differs,
     go_duration,
     is_ours,
+    next_beat_at,
+    outage_kind,
     ownership_filter,
     registration_payload,
 )
@@ -126,3 +139,140 @@ def test_backoff_survives_a_day_long_outage() -> None:
     backoff = Backoff(initial_s=1.0, cap_s=30.0, rng=random.Random(7))
     delays = [backoff.next() for _ in range(3000)]
     assert all(15.0 <= d <= 30.0 for d in delays[10:])
+
+
+PG = TcpService(name="pg", kind="tcp", host="db", port=5432)
+
+
+@pytest.mark.parametrize(
+    ("desired", "registered", "fresh", "status", "change"),
+    [
+        (State.UP, False, False, None, "register"),
+        (State.UP, True, False, "passing", "register"),  # adopted or changed: re-register
+        (State.UP, True, True, None, "check_update"),  # registered, status write failed
+        (State.UP, True, True, "warning", "check_update"),
+        (State.UP, True, True, "passing", None),
+        (State.DEGRADED, True, True, "passing", "check_update"),
+        (State.DOWN, True, True, "passing", "deregister"),
+        (State.DOWN, True, False, None, "deregister"),
+        (State.DOWN, False, False, None, None),
+        (State.UNKNOWN, True, False, None, None),  # adopted, left alone until known
+        (State.UNKNOWN, False, False, None, None),
+    ],
+)
+def test_entry_change(
+    desired: State, registered: bool, fresh: bool, status: str | None, change: str | None
+) -> None:
+    entry = Entry(PG, desired, registered, fresh, status)  # type: ignore[arg-type]
+    assert entry.change() == change
+    assert entry.pending() is (change is not None)
+    entry.rejected = "HTTP 400: bad"
+    assert not entry.pending()  # until the next anti-entropy clears it
+
+
+def test_entry_beats_only_when_registered_with_a_status() -> None:
+    assert Entry(PG, State.UP, True, True, "passing", next_beat_at=5.0).beat_due() == 5.0
+    assert Entry(PG, State.UP, True, True, None, next_beat_at=5.0).beat_due() is None
+    assert Entry(PG, State.UP, False, False, "passing", next_beat_at=5.0).beat_due() is None
+    assert Entry(PG, State.UP, True, True, "passing").beat_due() is None
+
+
+@pytest.mark.parametrize(
+    ("due", "now", "heartbeat", "expected"),
+    [
+        (100.0, 100.5, True, 110.0),  # on time: keep the phase
+        (100.0, 109.0, True, 110.0),  # late, but the next one is still ahead: no drift
+        (100.0, 125.0, True, 135.0),  # a whole interval late: skip, don't burst
+        (100.0, 103.0, False, 113.0),  # a check update: one interval from now
+    ],
+)
+def test_next_beat_at(due: float, now: float, heartbeat: bool, expected: float) -> None:
+    assert next_beat_at(due, now, 10.0, heartbeat, random.Random(1)) == expected
+
+
+def test_the_first_beat_is_spread_over_half_an_interval() -> None:
+    rng = random.Random(3)
+    firsts = [next_beat_at(None, 50.0, 10.0, False, rng) for _ in range(200)]
+    assert all(55.0 <= t <= 60.0 for t in firsts)
+    assert max(firsts) - min(firsts) > 4.0
+
+
+def test_beat_schedule_pops_due_beats_in_order_and_drops_stale_ones() -> None:
+    current: dict[str, float | None] = {"a": 3.0, "b": 1.0, "c": 2.0, "d": 9.0}
+    schedule = BeatSchedule(current.get)
+    for service_id, due in current.items():
+        assert due is not None
+        schedule.push(due, service_id)
+    schedule.push(0.5, "c")  # rescheduled since: stale
+    schedule.push(2.0, "c")  # pushed twice at the same time: sent once
+    current["a"] = None  # deregistered: stale
+    assert schedule.first() == 1.0
+    assert schedule.pop_due(now=5.0, limit=16) == ["b", "c"]
+    assert schedule.first() == 9.0
+    assert schedule.pop_due(now=5.0, limit=16) == []
+    assert len(schedule) == 1
+
+
+def test_beat_schedule_pops_at_most_limit() -> None:
+    current = {f"s{i}": float(i) for i in range(40)}
+    schedule = BeatSchedule(current.get)
+    for service_id, due in current.items():
+        schedule.push(due, service_id)
+    assert schedule.pop_due(now=100.0, limit=16) == [f"s{i}" for i in range(16)]
+    assert schedule.pop_due(now=100.0, limit=16) == [f"s{i}" for i in range(16, 32)]
+    assert schedule.pop_due(now=35.5, limit=16) == [f"s{i}" for i in range(32, 36)]
+    assert schedule.first() == 36.0
+
+
+def test_ledger_keeps_pending_and_registered_count_in_step() -> None:
+    other = TcpService(name="mq", kind="tcp", host="mq", port=5672)
+    ledger = Ledger(
+        [PG, other, TcpService(name="quiet", kind="tcp", host="q", port=1, register=False)]
+    )
+    assert set(ledger.entries) == {"pg", "mq"}
+    pg = ledger.entry(PG)
+    pg.desired = State.UP
+    ledger.settle(pg)
+    assert list(ledger.pending) == ["pg"]
+    ledger.set_registered(pg, True)
+    ledger.set_registered(pg, True)  # idempotent
+    pg.fresh, pg.status = True, "passing"
+    ledger.settle(pg)
+    assert (list(ledger.pending), ledger.registered) == ([], 1)
+    ledger.schedule_beat(pg, 12.0)
+    assert ledger.beats.first() == 12.0
+    ledger.set_registered(pg, False)
+    assert (pg.fresh, ledger.registered, ledger.beats.first()) == (False, 0, None)
+    ledger.settle(pg)
+    assert list(ledger.pending) == ["pg"]
+
+
+def test_pass_log_is_one_line_each_or_one_summary_for_many() -> None:
+    log = PassLog(limit=2, warnings=frozenset({"lost"}))
+    log.note("registered", {"service_id": "a", "status": "passing"})
+    log.note("lost", {"service_id": "a", "action": "re-register"})
+    for sid, status in (("b", "passing"), ("c", "warning")):
+        log.note("registered", {"service_id": sid, "status": status})
+    lines = log.drain()
+    assert [(level, event) for level, event, _ in lines] == [
+        ("debug", "registered"),
+        ("debug", "registered"),
+        ("debug", "registered"),
+        ("info", "registered"),
+        ("warning", "lost"),
+    ]
+    assert lines[3][2] == {"count": 3, "service_ids": ["a", "b"], "status": ["passing", "warning"]}
+    assert log.drain() == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (ConsulPermissionError("list", "denied", 403), "forbidden"),
+        (ConsulUnavailableError("list", "refused"), "unreachable"),
+        (ConsulError("list", "expected a JSON object", 200), "error"),
+        (ConsulNotFoundError("heartbeat", "unknown check", 404), "error"),
+    ],
+)
+def test_outage_kind(exc: ConsulError, kind: str) -> None:
+    assert outage_kind(exc) == kind
