@@ -62,6 +62,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from sutazai_agent.consul_api import POOL_SIZE  # noqa: E402  # after the sys.path set-up
+
 AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
 AMQP_URL = f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/"
 MANAGEMENT_URL = "http://127.0.0.1:15672"
@@ -73,7 +75,9 @@ TCP_UP_MODES = frozenset({"up", "hang", "garbage"})
 HTTP_WEIGHTS = (30, 20, 10, 10, 10, 8, 6, 6)
 TCP_WEIGHTS = (40, 35, 15, 10)
 HUGE_BYTES = 50 * 1024 * 1024
-FD_SLACK = 4
+FD_SLACK = 4 + POOL_SIZE
+"""A few fds for probes in flight, plus the Consul client's keep-alive pool, which a burst of
+registrations (after a Consul wipe) fills and idle time drains: bounded, not a leak."""
 GARBAGE = (
     b"\x00\x01\x02\xff" * 64,
     b"SSH-2.0-OpenSSH_9.6\r\n",

@@ -29,6 +29,8 @@ from sutazai_agent.model import bounded
 
 CheckStatus = Literal["passing", "warning", "critical"]
 CHECK_STATUSES: tuple[CheckStatus, ...] = ("passing", "warning", "critical")
+POOL_SIZE = 16
+"""Connections to Consul at most (kept alive between calls): the registrar's concurrency."""
 BODY_MAX = 4 * 1024 * 1024
 """Largest response body read (a list of a few thousand services fits comfortably)."""
 MESSAGE_MAX = 200
@@ -119,7 +121,7 @@ class ConsulClient:
         if self._token:
             headers["X-Consul-Token"] = self._token
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=16),
+            connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=POOL_SIZE),
             timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
             headers=headers,
         )

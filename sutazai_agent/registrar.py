@@ -37,6 +37,7 @@ import structlog
 
 from sutazai_agent.config import ConsulConfig, ServiceConfig, redact_url
 from sutazai_agent.consul_api import (
+    POOL_SIZE,
     CheckStatus,
     ConsulAgentApi,
     ConsulError,
@@ -71,7 +72,7 @@ BACKOFF_CAP_S = 30.0
 LOG_EACH_MAX = 10
 """A pass with more changes of one kind than this logs them as one line (count + first ids):
 after Consul loses its state, 300 services re-registered are one line, not 600."""
-IN_FLIGHT_MAX = 16
+IN_FLIGHT_MAX = POOL_SIZE
 """Services whose changes or heartbeats are sent at once (one service's calls stay in order)."""
 APPLY_MAX = 256
 """Changes applied per pass at most; the next pass, with the due heartbeats first, follows."""
