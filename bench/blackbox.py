@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from bench.common import ROOT, get, quantile, run, stop_process
+from tests.integration.agent_process import free_port
 
 EXPORTER = "/usr/bin/prometheus-blackbox-exporter"
 CONFIG = """\
@@ -53,13 +53,6 @@ def exporter_path() -> str | None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Exporter:
     def __init__(self, workdir: Path, timeout_s: float) -> None:
         self.workdir = workdir
@@ -80,7 +73,7 @@ class Exporter:
         binary = exporter_path()
         if binary is None:
             raise FileNotFoundError("prometheus-blackbox-exporter is not installed")
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = self._spawn(binary)
         for _ in range(200):
             try:

@@ -15,7 +15,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from tests.deploy.support import (
     in_build_context,
     run,
 )
+from tests.integration.agent_process import free_port
 
 STATE_DIR = "/var/lib/sutazai-agent"
 OCI_LABELS = {"title", "description", "version", "revision", "created", "licenses"}
@@ -240,13 +240,6 @@ def test_the_wheel_installs_into_a_fresh_venv_and_the_cli_runs(installed: Path) 
     where = run([str(installed / "bin" / "python"), "-c", code], env=clean_env(), cwd=installed)
     assert where.returncode == 0, describe(where)
     assert where.stdout.startswith(str(installed)), "not the installed wheel: " + where.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.mark.slow
