@@ -12,7 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sutazai_agent.model import Outcome, ProbeResult
-from sutazai_agent.probes.base import error_reason, make_session, seconds
+from sutazai_agent.probes.base import clock, elapsed_since, error_reason, make_session, seconds
 from sutazai_agent.probes.consul import ConsulProbe
 from sutazai_agent.probes.http import HttpProbe
 from sutazai_agent.probes.kong import KongProbe
@@ -70,15 +70,14 @@ async def run_probe(probe: Probe, timeout_s: float) -> ProbeResult:
     A probe that overruns ``timeout_s`` by ``BACKSTOP_GRACE_S`` is cancelled: TIMEOUT. An
     exception escaping the probe (a bug) is FAIL with a short reason.
     """
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = clock()
     try:
         async with asyncio.timeout(timeout_s + BACKSTOP_GRACE_S):
             return await probe.probe()
     except TimeoutError:
         return ProbeResult(
-            Outcome.TIMEOUT, loop.time() - start, f"timeout after {seconds(timeout_s)}"
+            Outcome.TIMEOUT, elapsed_since(start), f"timeout after {seconds(timeout_s)}"
         )
     except Exception as exc:  # noqa: BLE001 - the probe boundary: a bug is a failed probe
         reason = f"probe error: {error_reason(exc, timeout_s)}"
-        return ProbeResult(Outcome.FAIL, loop.time() - start, reason)
+        return ProbeResult(Outcome.FAIL, elapsed_since(start), reason)

@@ -7,7 +7,6 @@ glance ("connection refused", "timeout after 5s", "TLS: certificate verify faile
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import codecs
 import errno
@@ -15,6 +14,7 @@ import json
 import re
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,10 @@ def make_session(limit: int = 100) -> aiohttp.ClientSession:
         max_field_size=HEADER_LINE_LIMIT,
         read_bufsize=BODY_LIMIT,
     )
+
+
+class ProbeError(Exception):
+    """A failure whose message is already the reason an operator reads (no secrets in it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +130,7 @@ async def fetch(
             status=response.status,
             body=body,
             server=response.headers.get("Server", ""),
-            charset=_codec(response.charset),
+            charset=codec(response.charset),
         )
 
 
@@ -136,7 +140,7 @@ def basic_auth(user: str, password: str) -> str:
     return f"Basic {token}"
 
 
-def _codec(charset: str | None) -> str:
+def codec(charset: str | None) -> str:
     """The response's declared charset if Python knows it, else UTF-8."""
     if charset:
         try:
@@ -207,6 +211,8 @@ def error_reason(exc: BaseException, timeout_s: float) -> str:
     """A short, secret-free description of why a request failed."""
     if isinstance(exc, TimeoutError):
         return f"timeout after {seconds(timeout_s)}"
+    if isinstance(exc, ProbeError):
+        return str(exc)
     if isinstance(exc, aiohttp.ClientError):
         return _client_reason(exc)
     if isinstance(exc, ssl.SSLError):
@@ -224,8 +230,18 @@ def outcome_for(exc: BaseException, failed: Outcome = Outcome.FAIL) -> Outcome:
     return Outcome.TIMEOUT if isinstance(exc, TimeoutError) else failed
 
 
+def clock() -> float:
+    """Where a probe's latency starts: ``time.perf_counter()``.
+
+    Not ``loop.time()``: uvloop's clock has millisecond resolution and is read once per loop
+    iteration, so a loopback probe would measure 0.
+    """
+    return time.perf_counter()
+
+
 def elapsed_since(start: float) -> float:
-    return asyncio.get_running_loop().time() - start
+    """Seconds since ``start``, a ``clock()`` reading."""
+    return time.perf_counter() - start
 
 
 def failure(exc: BaseException, start: float, timeout_s: float, step: str = "") -> ProbeResult:

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from sutazai_agent.model import Outcome, ProbeResult
-from sutazai_agent.probes.base import elapsed_since, failure, fetch
+from sutazai_agent.probes.base import clock, elapsed_since, failure, fetch
 
 if TYPE_CHECKING:
     import aiohttp
@@ -30,7 +30,7 @@ class ConsulProbe:
         self._url = service.url.rstrip("/") + LEADER_PATH
 
     async def probe(self) -> ProbeResult:
-        start = asyncio.get_running_loop().time()
+        start = clock()
         try:
             async with asyncio.timeout(self._timeout_s):
                 reply = await fetch(self._session, self._url, tls_verify=self._service.tls_verify)

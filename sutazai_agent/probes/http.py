@@ -1,4 +1,8 @@
-"""HTTP(S) probe: up when the status is expected and the body matches the optional regex."""
+"""HTTP(S) probe: up when the status is expected and the body matches the optional regex.
+
+A probe that does not follow redirects (the default) makes its request with the lean
+``http1.Exchange``; one that follows redirects goes through the shared aiohttp session.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import TYPE_CHECKING
 from yarl import URL
 
 from sutazai_agent.model import Outcome, ProbeResult
-from sutazai_agent.probes.base import elapsed_since, failure, fetch
+from sutazai_agent.probes.base import Reply, clock, elapsed_since, failure, fetch
+from sutazai_agent.probes.http1 import Exchange
 
 if TYPE_CHECKING:
     from collections.abc import Container
@@ -38,20 +43,22 @@ class HttpProbe:
         # Parsed once: aiohttp would parse and normalise the string again on every request.
         self._url = URL(service.url)
         self._headers = service.headers or None
+        self._exchange = (
+            None
+            if service.follow_redirects
+            else Exchange(
+                self._url,
+                method=service.method,
+                headers=service.headers,
+                tls_verify=service.tls_verify,
+            )
+        )
 
     async def probe(self) -> ProbeResult:
-        service = self._service
-        start = asyncio.get_running_loop().time()
+        start = clock()
         try:
             async with asyncio.timeout(self._timeout_s):
-                reply = await fetch(
-                    self._session,
-                    self._url,
-                    method=service.method,
-                    headers=self._headers,
-                    tls_verify=service.tls_verify,
-                    follow_redirects=service.follow_redirects,
-                )
+                reply = await self._request()
         except Exception as exc:  # noqa: BLE001 - a probe never raises
             return failure(exc, start, self._timeout_s)
         latency_s = elapsed_since(start)
@@ -67,3 +74,16 @@ class HttpProbe:
                 detail,
             )
         return ProbeResult(Outcome.OK, latency_s, "", detail)
+
+    async def _request(self) -> Reply:
+        if self._exchange is not None:
+            return await self._exchange.fetch()
+        service = self._service
+        return await fetch(
+            self._session,
+            self._url,
+            method=service.method,
+            headers=self._headers,
+            tls_verify=service.tls_verify,
+            follow_redirects=True,
+        )

@@ -15,7 +15,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from sutazai_agent.model import Outcome, ProbeResult
-from sutazai_agent.probes.base import Reply, error_reason, fetch, outcome_for
+from sutazai_agent.probes.base import Reply, clock, elapsed_since, error_reason, fetch, outcome_for
 
 if TYPE_CHECKING:
     import aiohttp
@@ -44,15 +44,14 @@ class KongProbe:
             return exc
 
     async def probe(self) -> ProbeResult:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + self._timeout_s
+        start = clock()
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         admin, proxy, ready = await asyncio.gather(
             self._step(self._status_url, deadline),
             self._step(self._service.proxy_url, deadline),
             self._step(self._ready_url, deadline),
         )
-        latency_s = loop.time() - start
+        latency_s = elapsed_since(start)
         detail = _detail(admin, proxy, ready)
         if isinstance(proxy, Exception):
             reason = f"proxy: {error_reason(proxy, self._timeout_s)}"

@@ -23,6 +23,8 @@ from sutazai_agent.model import Outcome, ProbeResult
 from sutazai_agent.probes.base import (
     Reply,
     basic_auth,
+    clock,
+    elapsed_since,
     error_reason,
     fetch,
     outcome_for,
@@ -66,17 +68,16 @@ class RabbitmqProbe:
         return f"{_text(props.get('product', 'AMQP'))} {_text(props.get('version', ''))}".strip()
 
     async def probe(self) -> ProbeResult:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + self._timeout_s
+        start = clock()
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
             async with asyncio.timeout_at(deadline):
                 server = await self._handshake()
         except Exception as exc:  # noqa: BLE001 - a probe never raises
             reason = f"amqp: {amqp_reason(exc, self._timeout_s)}"
-            return ProbeResult(outcome_for(exc), loop.time() - start, reason)
+            return ProbeResult(outcome_for(exc), elapsed_since(start), reason)
         if self._alarms_url is None:
-            return ProbeResult(Outcome.OK, loop.time() - start, "", server)
+            return ProbeResult(Outcome.OK, elapsed_since(start), "", server)
         try:
             async with asyncio.timeout_at(deadline):
                 reply = await fetch(
@@ -87,8 +88,8 @@ class RabbitmqProbe:
                 )
         except Exception as exc:  # noqa: BLE001 - a probe never raises
             reason = f"management: {error_reason(exc, self._timeout_s)}"
-            return ProbeResult(Outcome.DEGRADED, loop.time() - start, reason, server)
-        latency_s = loop.time() - start
+            return ProbeResult(Outcome.DEGRADED, elapsed_since(start), reason, server)
+        latency_s = elapsed_since(start)
         problem = _alarms_problem(reply)
         if problem:
             return ProbeResult(Outcome.DEGRADED, latency_s, problem, server)

@@ -6,7 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from sutazai_agent.model import Outcome, ProbeResult
-from sutazai_agent.probes.base import elapsed_since, failure
+from sutazai_agent.probes.base import clock, elapsed_since, failure
 
 if TYPE_CHECKING:
     import aiohttp
@@ -30,7 +30,7 @@ class TcpProbe:
 
     async def probe(self) -> ProbeResult:
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = clock()
         try:
             async with asyncio.timeout(self._timeout_s):
                 transport, _ = await loop.create_connection(

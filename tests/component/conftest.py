@@ -24,6 +24,28 @@ from aiohttp import web
 
 from sutazai_agent.probes import make_session
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dev dependency
+    uvloop = None
+
+BOTH_LOOPS = ("test_probe_http", "test_probe_tcp", "test_bad_peers")
+"""Modules whose tests run on asyncio's loop and on uvloop, which the agent uses in
+production: the probes' transports and protocols behave differently on the two."""
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop
+    }
+    name = getattr(getattr(item, "module", None), "__name__", "")
+    if uvloop is not None and name.rpartition(".")[2] in BOTH_LOOPS:
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
 Serve = Callable[..., Awaitable[str]]
 RawServer = Callable[[bytes], Awaitable[int]]
 
