@@ -88,6 +88,10 @@ def url_host_port(url: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or default
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An HTTP field name (an RFC 9110 token)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -154,6 +158,17 @@ class HttpService(ServiceBase):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"not a valid header name: {name!r}")
+            if any(char in text for char in "\r\n\0"):
+                # The value is not echoed: header values are often tokens.
+                raise ValueError(f"value of {name!r} must not contain CR, LF or NUL")
         return value
 
     def target(self) -> tuple[str, int]:

@@ -140,6 +140,14 @@ CONFIG_CASES: list[tuple[str, dict[str, Any] | str | None, dict[str, str], str]]
         "services[0].body_regex: invalid regular expression",
     ),
     (
+        "header value with a line break",
+        with_services(
+            {"name": "web", "kind": "http", "url": "http://h/", "headers": {"X-A": "a\r\nB: c"}}
+        ),
+        {},
+        "services[0].headers: value of 'X-A' must not contain CR, LF or NUL",
+    ),
+    (
         "expect_status not a status",
         with_services({"name": "web", "kind": "http", "url": "http://h/", "expect_status": [999]}),
         {},
