@@ -8,6 +8,8 @@ connection or channel lost, confirm timeout) leaves the events in the outbox: th
 counted, logged once per outage ("will retry"), and the task backs off with jitter until the
 robust connection is back. Delivery is therefore at least once: an event whose confirm was
 lost is published again with the same ``id``.
+
+How a batch is confirmed and sized under a slow loop: ``batching``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from aio_pika.abc import (
 from aio_pika.connection import make_url
 
 from sutazai_agent import events
+from sutazai_agent.batching import confirmed_prefix, next_batch_size
 from sutazai_agent.config import RabbitmqConfig, redact_url, url_password
 from sutazai_agent.metrics import Metrics
 from sutazai_agent.outbox import StoredEvent
@@ -70,6 +73,7 @@ class RabbitPublisher:
         metrics: Metrics,
         *,
         batch_size: int = 256,
+        min_batch_size: int = 16,
         publish_timeout_s: float = 10.0,
         connect_timeout_s: float = 10.0,
         reconnect_interval_s: float = 2.0,
@@ -83,6 +87,8 @@ class RabbitPublisher:
         self._source = source
         self._metrics = metrics
         self._batch_size = batch_size
+        self._min_batch_size = max(1, min(min_batch_size, batch_size))
+        self._batch_limit = batch_size  # adapts between the two (``next_batch_size``)
         self._publish_timeout_s = publish_timeout_s
         self._connect_timeout_s = connect_timeout_s
         # Jitter per agent, so a fleet does not reconnect in lockstep after a broker restart.
@@ -114,6 +120,7 @@ class RabbitPublisher:
             "connected": self.connected,
             "url": redact_url(self._url),
             "exchange": self._exchange_name,
+            "batch_size": self._batch_limit,
             "last_error": self._last_error,
             "last_error_at": None
             if self._last_error_at is None
@@ -190,11 +197,15 @@ class RabbitPublisher:
 
     # --- one batch ----------------------------------------------------------------------
     async def _drain_once(self) -> int:
-        """Publish one batch from the outbox; returns how many events left the outbox."""
+        """Publish one batch from the outbox; returns how many events left the outbox.
+
+        Raises ``PublishFailedError`` unless every event was confirmed or, after a confirm
+        timeout, at least the first was (the confirmed prefix is acked either way).
+        """
         async with self._lock:
             self._reconnected.clear()
             exchange = await self._ensure_exchange()
-            rows = await self._source.peek(self._batch_size)
+            rows = await self._source.peek(self._batch_limit)
             if not rows:
                 return 0
             # Tasks start in order and each reaches the channel's publish lock without
@@ -203,13 +214,9 @@ class RabbitPublisher:
                 asyncio.create_task(self._publish(exchange, row), name=f"publish-{row.id}")
                 for row in rows
             ]
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            results, error, timed_out = await confirmed_prefix(tasks, self._publish_timeout_s)
             done: list[str] = []
-            error: BaseException | None = None
-            for row, result in zip(rows, results, strict=True):
-                if isinstance(result, BaseException):
-                    error = result
-                    break
+            for row, result in zip(rows[: len(results)], results, strict=True):
                 if isinstance(result, aiormq.abc.DeliveredMessage):
                     self._metrics.events_unroutable.inc()
                     log.warning(
@@ -224,12 +231,23 @@ class RabbitPublisher:
                     self._metrics.events_published.inc()
                 done.append(row.id)
             await self._source.ack(done)
-            if error is not None:
-                raise PublishFailedError(
-                    f"{len(rows) - len(done)} of {len(rows)} events not confirmed: "
-                    f"{_describe(error)}"
-                ) from error
-            return len(done)
+            self._batch_limit = next_batch_size(
+                self._batch_limit,
+                sent=len(rows),
+                confirmed=len(done),
+                timed_out=timed_out,
+                floor=self._min_batch_size,
+                ceiling=self._batch_size,
+            )
+            if error is None:
+                return len(done)
+            failure = PublishFailedError(
+                f"{len(rows) - len(done)} of {len(rows)} events not confirmed: {_describe(error)}"
+            )
+            if timed_out and done:
+                self._slow(failure, confirmed=len(done), sent=len(rows))
+                return len(done)
+            raise failure from error
 
     async def _publish(self, exchange: AbstractExchange, row: StoredEvent) -> object:
         message = aio_pika.Message(
@@ -241,8 +259,8 @@ class RabbitPublisher:
             app_id=events.APP_ID,
             type=events.EVENT_TYPE,
         )
-        async with asyncio.timeout(self._publish_timeout_s):
-            return await exchange.publish(message, row.routing_key, mandatory=True)
+        # No timeout here: the caller's clock starts when the confirm before this one came.
+        return await exchange.publish(message, row.routing_key, mandatory=True)
 
     async def _ensure_exchange(self) -> AbstractExchange:
         if self._closing.is_set():
@@ -330,6 +348,20 @@ class RabbitPublisher:
             )
         else:
             log.debug("event_publish_retry_failed", error=self._last_error, attempt=self._failures)
+
+    def _slow(self, exc: BaseException, *, confirmed: int, sent: int) -> None:
+        """A batch timed out after confirming a prefix: count it, but it is no outage."""
+        self._metrics.events_publish_failures.inc()
+        self._last_error = _describe(exc, self._secrets)
+        self._last_error_at = datetime.now(UTC)
+        log.info(
+            "event_publish_slow",
+            error=self._last_error,
+            confirmed=confirmed,
+            sent=sent,
+            batch_size=self._batch_limit,
+            pending=self._source.pending(),
+        )
 
     def _recovered(self) -> None:
         if self._outage_since is None:

@@ -11,18 +11,20 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiohttp
 import pytest
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractExchange,
     AbstractIncomingMessage,
+    AbstractMessage,
     AbstractQueue,
     DeliveryMode,
     ExchangeType,
@@ -403,6 +405,178 @@ async def test_flush_publishes_within_its_bound_alongside_run(
         await assert_queue_empty(queue)
     sequences = [e["data"]["sequence"] for e in bodies(got)]
     assert sequences == list(range(1, 301)), "flush and run together publish each event once"
+
+
+# --- a slow channel -----------------------------------------------------------------------
+class SlowChannel:
+    """Stands in for the publisher's exchange like a channel on a saturated loop.
+
+    Messages reach the real exchange one at a time, ``handoff_s`` apart, so each queues
+    behind those before it; the first attempt of every event id in ``stall`` is never
+    confirmed (it waits, holding up the ones behind it, until the publisher gives up).
+    """
+
+    def __init__(self, handoff_s: float = 0.0, stall: Iterable[str] = ()) -> None:
+        self.exchange: AbstractExchange | None = None
+        self.handoff_s = handoff_s
+        self.stall = set(stall)
+        self.stalled: list[str] = []
+        self._lock = asyncio.Lock()
+
+    async def publish(self, message: AbstractMessage, routing_key: str, *, mandatory: bool) -> Any:
+        async with self._lock:
+            await asyncio.sleep(self.handoff_s)
+            if message.message_id in self.stall:
+                self.stall.discard(message.message_id)
+                self.stalled.append(message.message_id)
+                await asyncio.Event().wait()  # no confirm, until the publisher cancels
+            assert self.exchange is not None
+            return await self.exchange.publish(message, routing_key, mandatory=mandatory)
+
+
+class SlowChannelPublisher(RabbitPublisher):
+    """The real publisher and broker, with a ``SlowChannel`` in front of the exchange."""
+
+    def __init__(self, channel: SlowChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.channel = channel
+
+    async def _ensure_exchange(self) -> AbstractExchange:
+        self.channel.exchange = await super()._ensure_exchange()
+        return cast(AbstractExchange, self.channel)
+
+
+class RecordingSource:
+    """The outbox, noting how many events each batch asks for."""
+
+    def __init__(self, outbox: SqliteOutbox) -> None:
+        self.outbox = outbox
+        self.limits: list[int] = []
+
+    def pending(self) -> int:
+        return self.outbox.pending()
+
+    async def peek(self, limit: int) -> list[StoredEvent]:
+        self.limits.append(limit)
+        return await self.outbox.peek(limit)
+
+    async def ack(self, ids: Iterable[str]) -> int:
+        return await self.outbox.ack(ids)
+
+
+def slow_publisher(
+    channel: SlowChannel,
+    exchange: str,
+    source: RecordingSource,
+    metrics: Metrics,
+    *,
+    publish_timeout_s: float,
+    backoff_s: tuple[float, float] = (0.05, 0.3),
+) -> SlowChannelPublisher:
+    return SlowChannelPublisher(
+        channel,
+        RabbitmqConfig(url=AMQP_URL, exchange=exchange),
+        "it",
+        source,
+        metrics,
+        batch_size=64,
+        publish_timeout_s=publish_timeout_s,
+        connect_timeout_s=5.0,
+        reconnect_interval_s=0.2,
+        min_backoff_s=backoff_s[0],
+        max_backoff_s=backoff_s[1],
+        idle_poll_s=0.5,
+    )
+
+
+def logged(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == event]
+
+
+async def test_queueing_on_a_slow_channel_is_not_a_confirm_timeout(
+    bind: Callable[..., Any], exchange: str, outbox: SqliteOutbox, metrics: Metrics
+) -> None:
+    # 40 events 0.1 s apart take ~4 s, twice the confirm timeout: only waiting for a confirm
+    # may count against it, not waiting for the channel behind the rest of the batch.
+    queue = await bind()
+    await outbox.append(flips("kong", 40))
+    source = RecordingSource(outbox)
+    channel = SlowChannel(handoff_s=0.1)
+    publisher = slow_publisher(channel, exchange, source, metrics, publish_timeout_s=2.0)
+    with capture_logs() as logs:
+        async with running(publisher):
+            publisher.wake()
+            got = await receive(queue, 40)
+            await until(lambda: outbox.pending() == 0, "outbox drained")
+            await assert_queue_empty(queue)
+            status = publisher.status()
+    assert [e["data"]["sequence"] for e in bodies(got)] == list(range(1, 41))
+    assert metric(metrics, "events_publish_failures_total") == 0
+    assert metric(metrics, "events_published_total") == 40
+    assert not logged(logs, "event_publish_failed")
+    assert not logged(logs, "event_publish_slow")
+    assert source.limits == [64], "one batch, never shrunk"
+    assert status["batch_size"] == 64
+    assert status["last_error"] is None
+
+
+async def test_a_stalled_confirm_keeps_the_prefix_shrinks_the_batch_and_goes_on_at_once(
+    bind: Callable[..., Any], exchange: str, outbox: SqliteOutbox, metrics: Metrics
+) -> None:
+    queue = await bind()
+    await outbox.append(flips("kong", 150))
+    rows = await outbox.peek(150)
+    source = RecordingSource(outbox)
+    channel = SlowChannel(stall=[rows[20].id])  # the 21st event's first confirm never comes
+    # A backoff far beyond the test's deadlines: the rest must follow without one.
+    publisher = slow_publisher(
+        channel, exchange, source, metrics, publish_timeout_s=1.0, backoff_s=(600.0, 600.0)
+    )
+    with capture_logs() as logs:
+        async with running(publisher):
+            publisher.wake()
+            got = await receive(queue, 150)
+            await until(lambda: outbox.pending() == 0, "outbox drained")
+            await assert_queue_empty(queue)
+            status = publisher.status()
+    assert channel.stalled == [rows[20].id]
+    assert [m.message_id for m in got] == [r.id for r in rows], "in order, each once"
+    # 20 confirmed of 64, then the batch grows back from that prefix: 20, 40, 64 (the cap).
+    assert source.limits == [64, 20, 40, 64, 64]
+    [slow] = logged(logs, "event_publish_slow")
+    assert (slow["confirmed"], slow["sent"], slow["batch_size"]) == (20, 64, 20)
+    assert "TimeoutError" in slow["error"]
+    assert not logged(logs, "event_publish_failed"), "progress is not an outage"
+    assert metric(metrics, "events_publish_failures_total") == 1
+    assert metric(metrics, "events_published_total") == 150
+    assert status["batch_size"] == 64
+    assert status["last_error"] is not None
+
+
+async def test_a_confirm_timeout_without_progress_backs_off_as_an_outage(
+    bind: Callable[..., Any], exchange: str, outbox: SqliteOutbox, metrics: Metrics
+) -> None:
+    queue = await bind()
+    await outbox.append(flips("kong", 150))
+    rows = await outbox.peek(150)
+    source = RecordingSource(outbox)
+    channel = SlowChannel(stall=[rows[0].id])  # not even the first event is confirmed
+    publisher = slow_publisher(channel, exchange, source, metrics, publish_timeout_s=0.5)
+    with capture_logs() as logs:
+        async with running(publisher):
+            publisher.wake()
+            got = await receive(queue, 150)
+            await until(lambda: outbox.pending() == 0, "outbox drained")
+            await assert_queue_empty(queue)
+    assert [m.message_id for m in got] == [r.id for r in rows], "in order, each once"
+    # Nothing confirmed: the batch drops to the floor (16) and doubles back to the cap.
+    assert source.limits == [64, 16, 32, 64, 64]
+    [failed] = logged(logs, "event_publish_failed")
+    assert failed["will_retry"] is True
+    assert "64 of 64 events not confirmed: TimeoutError" in failed["error"]
+    assert len(logged(logs, "event_publisher_recovered")) == 1
+    assert not logged(logs, "event_publish_slow")
+    assert metric(metrics, "events_publish_failures_total") == 1
 
 
 # --- secrets ------------------------------------------------------------------------------

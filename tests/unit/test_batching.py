@@ -1,0 +1,55 @@
+"""The publisher's adaptive batch size: a pure function of the last batch's outcome."""
+
+from __future__ import annotations
+
+import pytest
+
+from sutazai_agent.batching import next_batch_size
+
+
+@pytest.mark.parametrize(
+    ("current", "sent", "confirmed", "timed_out", "expected"),
+    [
+        # A full batch confirmed whole doubles, up to the ceiling.
+        (16, 16, 16, False, 32),
+        (128, 128, 128, False, 256),
+        (200, 200, 200, False, 256),
+        (256, 256, 256, False, 256),
+        # A short batch (the outbox held fewer) confirmed whole says nothing about more.
+        (256, 40, 40, False, 256),
+        (16, 3, 3, False, 16),
+        # A confirm timeout shrinks to the confirmed prefix ...
+        (256, 256, 44, True, 44),
+        (64, 40, 20, True, 20),
+        # ... but not below the floor, also when nothing was confirmed.
+        (256, 256, 3, True, 16),
+        (256, 256, 0, True, 16),
+        (16, 16, 0, True, 16),
+        # Any other failure (broker gone, channel closed, nack) leaves it alone.
+        (64, 64, 10, False, 64),
+        (256, 256, 0, False, 256),
+        (32, 32, 0, False, 32),
+    ],
+)
+def test_next_batch_size(
+    current: int, sent: int, confirmed: int, timed_out: bool, expected: int
+) -> None:
+    got = next_batch_size(
+        current, sent=sent, confirmed=confirmed, timed_out=timed_out, floor=16, ceiling=256
+    )
+    assert got == expected
+
+
+def test_timeouts_then_successes_converge_back_to_the_ceiling() -> None:
+    size, sizes = 256, []
+    for confirmed in (44, 30):  # two slow batches
+        size = next_batch_size(
+            size, sent=size, confirmed=confirmed, timed_out=True, floor=16, ceiling=256
+        )
+        sizes.append(size)
+    while size < 256:
+        size = next_batch_size(
+            size, sent=size, confirmed=size, timed_out=False, floor=16, ceiling=256
+        )
+        sizes.append(size)
+    assert sizes == [44, 30, 60, 120, 240, 256]
