@@ -13,6 +13,7 @@ log line or an error message.
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, Literal, Protocol, Self
 from urllib.parse import quote
 
 import aiohttp
+from aiohttp.payload import BytesPayload
 from yarl import URL
 
 from sutazai_agent import __version__
@@ -34,6 +36,11 @@ POOL_SIZE = 16
 BODY_MAX = 4 * 1024 * 1024
 """Largest response body read (a list of a few thousand services fits comfortably)."""
 MESSAGE_MAX = 200
+UPDATE_BODIES_MAX = 64
+"""Encoded check-update bodies kept (one per status and output: a handful in practice)."""
+JSON_TYPE = "application/json"
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.~:@-]*")
+"""What ``quote(value, safe=":@")`` leaves as it is."""
 
 
 class ConsulError(Exception):
@@ -103,7 +110,11 @@ class ConsulClient:
 
     def __init__(self, config: ConsulConfig) -> None:
         self._config = config
-        self._base = config.url.rstrip("/")
+        # Per call only the path changes: ``with_path`` on the parsed base is several times
+        # cheaper than parsing the whole URL again (the heartbeat is the hot call).
+        self._base_url = URL(config.url.rstrip("/"), encoded=True)
+        self._prefix = self._base_url.raw_path.rstrip("/")
+        self._update_bodies: dict[tuple[str, str], bytes] = {}
         self._token = config.token.get_secret_value()
         self._session: aiohttp.ClientSession | None = None
 
@@ -177,9 +188,8 @@ class ConsulClient:
         if status not in CHECK_STATUSES:
             raise ValueError(f"invalid check status {status!r}")
         path = f"/v1/agent/check/update/{_segment(check_id)}"
-        body = {"Status": status, "Output": output}
         try:
-            await self._call("check_update", "PUT", path, body=body)
+            await self._call("check_update", "PUT", path, data=self._update_body(status, output))
         except ConsulUnavailableError as exc:
             if exc.status == 500 and "does not have associated ttl" in exc.message.lower():
                 raise ConsulNotFoundError(exc.operation, exc.message, 404) from None
@@ -209,6 +219,17 @@ class ConsulClient:
         return data
 
     # --- plumbing ----------------------------------------------------------------------
+    def _update_body(self, status: CheckStatus, output: str) -> bytes:
+        """The encoded check-update body: the registrar sends the same few again and again."""
+        key = (status, output)
+        data = self._update_bodies.get(key)
+        if data is None:
+            if len(self._update_bodies) >= UPDATE_BODIES_MAX:
+                self._update_bodies.clear()
+            data = json.dumps({"Status": status, "Output": output}).encode()
+            self._update_bodies[key] = data
+        return data
+
     async def _call(
         self,
         operation: str,
@@ -216,18 +237,20 @@ class ConsulClient:
         path: str,
         *,
         body: Mapping[str, Any] | None = None,
+        data: bytes | None = None,
         params: Mapping[str, str] | None = None,
     ) -> Any:
+        """One request; ``body`` is sent as JSON, ``data`` as already encoded JSON."""
         session = self._session
         if session is None:
             raise RuntimeError("ConsulClient is not open: use 'async with ConsulClient(...)'")
-        url = URL(self._base + path, encoded=True)
-        data = None if body is None else json.dumps(body).encode()
-        headers = None if data is None else {"Content-Type": "application/json"}
+        url = self._base_url.with_path(self._prefix + path, encoded=True)
+        if body is not None:
+            data = json.dumps(body).encode()
+        # A payload carrying its Content-Type: no per-call headers to merge with the session's.
+        payload = None if data is None else BytesPayload(data, content_type=JSON_TYPE)
         try:
-            async with session.request(
-                method, url, params=params, data=data, headers=headers
-            ) as response:
+            async with session.request(method, url, params=params, data=payload) as response:
                 status = response.status
                 raw = await _read_bounded(operation, response)
         except ConsulError:
@@ -252,11 +275,16 @@ class ConsulClient:
 
 
 def _segment(value: str) -> str:
+    """``value`` as one path segment; IDs that need no escaping (the usual) skip ``quote``."""
+    if _PLAIN_SEGMENT.fullmatch(value):
+        return value
     return quote(value, safe=":@")
 
 
 async def _read_bounded(operation: str, response: aiohttp.ClientResponse) -> bytes:
     length = response.content_length
+    if length == 0:  # the writes' usual answer: nothing to read, the connection stays reusable
+        return b""
     if length is not None and length > BODY_MAX:
         raise ConsulError(operation, f"response body over {BODY_MAX} bytes", response.status)
     chunks: list[bytes] = []

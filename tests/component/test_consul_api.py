@@ -212,3 +212,49 @@ async def test_tls_verification_is_on_by_default(tls_fake: FakeConsul) -> None:
 async def test_tls_verification_can_be_turned_off(tls_fake: FakeConsul) -> None:
     async with ConsulClient(ConsulConfig(url=tls_fake.url, tls_verify=False)) as client:
         assert await client.agent_services() == {}
+
+
+async def test_updates_are_json_on_one_kept_alive_connection(serve: Serve) -> None:
+    seen: list[tuple[str, str, str, object, str | None]] = []
+    ports: set[int] = set()
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.json()
+        token = request.headers.get("X-Consul-Token")
+        seen.append((request.method, request.raw_path, request.content_type, body, token))
+        assert request.transport is not None
+        ports.add(request.transport.get_extra_info("peername")[1])
+        return web.Response()  # 200, Content-Length: 0: the client reads nothing
+
+    url = await serve(app_answering(handler))
+    outputs = [f"up #{i}" for i in range(100)]  # more than the client keeps encoded
+    async with ConsulClient(ConsulConfig(url=f"{url}/consul/", token="t0ken")) as client:
+        for output in outputs:
+            await client.update_ttl("sutazai:web 1/a", "passing", output)
+        await client.update_ttl("sutazai:web-2", "warning")
+    path = "/consul/v1/agent/check/update/"
+    expected = [
+        (f"{path}sutazai:web%201%2Fa", {"Status": "passing", "Output": output})
+        for output in outputs
+    ] + [(f"{path}sutazai:web-2", {"Status": "warning", "Output": ""})]
+    assert [(path, body) for _, path, _, body, _ in seen] == expected
+    assert {(method, ctype, token) for method, _, ctype, _, token in seen} == {
+        ("PUT", "application/json", "t0ken")
+    }
+    assert len(ports) == 1
+
+
+async def test_an_empty_404_on_update_is_not_found(serve: Serve) -> None:
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    async with ConsulClient(ConsulConfig(url=await serve(app_answering(handler)))) as client:
+        with pytest.raises(ConsulNotFoundError) as caught:
+            await client.update_ttl("sutazai:web-1", "passing")
+    assert (caught.value.status, caught.value.message) == (404, "not found")
+
+
+async def test_an_invalid_status_is_refused_before_any_call() -> None:
+    async with ConsulClient(ConsulConfig(url="http://127.0.0.1:1")) as client:
+        with pytest.raises(ValueError, match="invalid check status"):
+            await client.update_ttl("c1", "ok")  # type: ignore[arg-type]
