@@ -150,6 +150,10 @@ class FakeConsul:
     def _wipe(self) -> None:
         self.services: dict[str, FakeService] = {}
         self.checks: dict[str, FakeCheck] = {}
+        # Check IDs per service ID (a dict for its order): registering, deregistering and
+        # reaping touch only the service's own checks, not all of them (O(N) per call at
+        # 10,000 services was what held the benchmarks' fake down to ~500 calls/s).
+        self._service_checks: dict[str, dict[str, None]] = {}
         self.started_at = self.clock()
         self.index = 10
         self.reaped: list[str] = []
@@ -281,11 +285,11 @@ class FakeConsul:
             create_index=previous.create_index if previous else index,
             modify_index=index,
         )
-        replace = request.query.get("replace-existing-checks", "") in ("1", "true")
-        new_ids = {c["CheckID"] for c in checks}
-        for check_id, existing in list(self.checks.items()):
-            if existing.service_id == service_id and replace and check_id not in new_ids:
-                del self.checks[check_id]
+        if request.query.get("replace-existing-checks", "") in ("1", "true"):
+            new_ids = {c["CheckID"] for c in checks}
+            for check_id in list(self._service_checks.get(service_id, ())):
+                if check_id not in new_ids:
+                    self._drop_check(check_id)
         for spec in checks:
             self._add_check(spec, self.services[service_id], now, index)
         return web.Response(status=200)
@@ -319,6 +323,12 @@ class FakeConsul:
         else:
             check.set_status(spec.get("Status") or "critical", "", now)
         self.checks[check.check_id] = check
+        own = self._service_checks.setdefault(service.id, {})
+        own[check.check_id] = None
+        if previous is not None and previous.service_id != service.id:
+            # The ID moves to another service (rare): keep the index in ``checks`` order.
+            self._service_checks.get(previous.service_id, {}).pop(check.check_id, None)
+            self._service_checks[service.id] = {cid: None for cid in self.checks if cid in own}
 
     async def _deregister(self, request: web.Request) -> web.StreamResponse:
         service_id = request.match_info["service_id"]
@@ -334,9 +344,16 @@ class FakeConsul:
 
     def _remove_service(self, service_id: str) -> None:
         self.services.pop(service_id, None)
-        for check_id, check in list(self.checks.items()):
-            if check.service_id == service_id:
-                del self.checks[check_id]
+        for check_id in self._service_checks.pop(service_id, {}):
+            self.checks.pop(check_id, None)
+
+    def _drop_check(self, check_id: str) -> None:
+        check = self.checks.pop(check_id, None)
+        if check is not None:
+            self._service_checks.get(check.service_id, {}).pop(check_id, None)
+
+    def _service_check_list(self, service_id: str) -> list[FakeCheck]:
+        return [self.checks[cid] for cid in self._service_checks.get(service_id, ())]
 
     def _service_json(self, service: FakeService) -> dict[str, Any]:
         return {
@@ -454,9 +471,7 @@ class FakeConsul:
         for service in sorted(self.services.values(), key=lambda s: s.id):
             if service.name != name:
                 continue
-            checks = [serf] + [
-                self._check_json(c) for c in self.checks.values() if c.service_id == service.id
-            ]
+            checks = [serf] + [self._check_json(c) for c in self._service_check_list(service.id)]
             if passing_only and any(c["Status"] != "passing" for c in checks):
                 continue
             entries.append({"Node": node, "Service": self._service_json(service), "Checks": checks})

@@ -21,6 +21,7 @@ aliases (``check_id``) that the real agent also accepts are rejected; ``filter``
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ def decode_struct(raw: Any, struct: str, fields: tuple[str, ...]) -> dict[str, A
             f"Request decode failed: json: cannot unmarshal {_json_kind(raw)} "
             f"into Go value of type structs.{struct}"
         )
-    by_lower = {name.lower(): name for name in fields}
+    by_lower = _by_lower(fields)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = by_lower.get(key.lower())
@@ -90,6 +91,12 @@ def decode_struct(raw: Any, struct: str, fields: tuple[str, ...]) -> dict[str, A
         _check_type(struct, name, value)
         out[name] = value
     return out
+
+
+@functools.cache
+def _by_lower(fields: tuple[str, ...]) -> dict[str, str]:
+    """Field names by their lower case (built once per struct, not on every request)."""
+    return {name.lower(): name for name in fields}
 
 
 def _check_type(struct: str, name: str, value: Any) -> None:
