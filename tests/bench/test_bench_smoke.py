@@ -60,3 +60,20 @@ def test_detection_smoke_prints_three_distributions() -> None:
     found = lines(out, "detect ")
     assert [line.split()[1] for line in found] == ["metrics", "consul", "event"]
     assert all("p50=" in line for line in found)
+
+
+def test_heartbeat_cost_smoke_prints_client_and_server_cost() -> None:
+    out = smoke("bench.heartbeat_cost")
+    for phase in ("register", "heartbeat", "paced"):
+        (row,) = lines(out, f"{phase} ")
+        assert "calls_per_s=" in row
+        assert "client_cpu_ms_per_call=" in row
+        assert "server_cpu_ms_per_call=" in row
+
+
+def test_probe_cost_smoke_prints_each_variant() -> None:
+    out = smoke("bench.probe_cost")
+    for variant in ("http", "http-aiohttp", "tcp"):
+        (row,) = lines(out, f"{variant}: ")
+        assert "CPU-ms/probe" in row
+        assert row.endswith(" 0 failed"), row
