@@ -19,7 +19,7 @@ from sutazai_agent.consul_api import (
 )
 from sutazai_agent.metrics import Metrics
 from sutazai_agent.model import State
-from sutazai_agent.registrar import APPLY_MAX
+from sutazai_agent.registrar import APPLY_MAX, BEAT_EARLY_S
 from tests.component.consul_backends import (
     BACKENDS,
     Backend,
@@ -562,3 +562,29 @@ async def test_a_burst_of_changes_does_not_hold_up_the_heartbeats() -> None:
         assert b.fake.requests[REGISTER] == APPLY_MAX + 44
         assert all(b.fake.passing(s.name) == [s.id] for s in early + burst)
         assert registrar.status()["registered"] == 3 + APPLY_MAX + 44
+
+
+async def test_heartbeats_falling_due_within_a_second_share_one_wake_up() -> None:
+    """100 services beat every 10 s at spread phases: the registrar wakes about once per
+    BEAT_EARLY_S, not once per beat, and sends each service's beats no more often (early
+    beats keep their phase)."""
+    async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
+        assert b.fake is not None
+        services = [tcp_service(f"svc-{i}") for i in range(100)]
+        registrar = b.registrar(client, services)
+        for svc in services:
+            registrar.observe(svc, State.UP)
+        delay = await registrar.sync_once()
+        b.fake.requests.clear()
+        duration = 10 * (b.ttl_s / 3)  # ten heartbeat intervals
+        elapsed, wake_ups_with_beats = 0.0, 0
+        while elapsed < duration:
+            step = max(delay, 0.01)  # run()'s shortest sleep
+            await b.advance(step)
+            elapsed += step
+            before = b.fake.requests[CHECK_UPDATE]
+            delay = await registrar.sync_once()
+            wake_ups_with_beats += b.fake.requests[CHECK_UPDATE] > before
+        assert 100 * 9 <= b.fake.requests[CHECK_UPDATE] <= 100 * 11
+        assert wake_ups_with_beats <= duration / BEAT_EARLY_S + 2  # one per beat would be ~1,000
+        assert all(b.fake.passing(s.name) == [s.id] for s in services)
