@@ -19,7 +19,7 @@ from sutazai_agent.consul_api import (
 )
 from sutazai_agent.metrics import Metrics
 from sutazai_agent.model import State
-from sutazai_agent.registrar import APPLY_MAX, BEAT_EARLY_S
+from sutazai_agent.registrar import APPLY_MAX, BEAT_EARLY_S, BEATS_PER_PASS
 from tests.component.consul_backends import (
     BACKENDS,
     Backend,
@@ -587,4 +587,25 @@ async def test_heartbeats_falling_due_within_a_second_share_one_wake_up() -> Non
             wake_ups_with_beats += b.fake.requests[CHECK_UPDATE] > before
         assert 100 * 9 <= b.fake.requests[CHECK_UPDATE] <= 100 * 11
         assert wake_ups_with_beats <= duration / BEAT_EARLY_S + 2  # one per beat would be ~1,000
+        assert all(b.fake.passing(s.name) == [s.id] for s in services)
+
+
+async def test_a_backlog_of_heartbeats_goes_out_a_bounded_number_per_pass() -> None:
+    """150 beats due at once: BEATS_PER_PASS per pass, each pass asking for the next at once,
+    so a backlog never holds the loop for one long burst."""
+    async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
+        assert b.fake is not None
+        services = [tcp_service(f"svc-{i}") for i in range(150)]
+        registrar = b.registrar(client, services)
+        for svc in services:
+            registrar.observe(svc, State.UP)
+        await registrar.sync_once()
+        await b.advance(b.ttl_s / 3)  # every first beat is due
+        sent = []
+        for _ in range(3):
+            b.fake.requests.clear()
+            delay = await registrar.sync_once()
+            sent.append(b.fake.requests[CHECK_UPDATE])
+        assert sent == [BEATS_PER_PASS, BEATS_PER_PASS, 150 - 2 * BEATS_PER_PASS]
+        assert delay > 0  # nothing due any more: the next pass waits for the next beat
         assert all(b.fake.passing(s.name) == [s.id] for s in services)
