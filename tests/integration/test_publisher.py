@@ -493,6 +493,19 @@ def logged(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == event]
 
 
+async def drain_through(
+    publisher: RabbitPublisher, queue: AbstractQueue, outbox: SqliteOutbox, count: int
+) -> tuple[list[AbstractIncomingMessage], dict[str, Any]]:
+    """Run ``publisher`` until ``count`` events arrived, the outbox is empty and nothing more
+    is queued; returns the messages and the publisher's final status."""
+    async with running(publisher):
+        publisher.wake()
+        got = await receive(queue, count)
+        await until(lambda: outbox.pending() == 0, "outbox drained")
+        await assert_queue_empty(queue)
+        return got, publisher.status()
+
+
 async def test_queueing_on_a_slow_channel_is_not_a_confirm_timeout(
     bind: Callable[..., Any], exchange: str, outbox: SqliteOutbox, metrics: Metrics
 ) -> None:
@@ -504,12 +517,7 @@ async def test_queueing_on_a_slow_channel_is_not_a_confirm_timeout(
     channel = SlowChannel(handoff_s=0.1)
     publisher = slow_publisher(channel, exchange, source, metrics, publish_timeout_s=2.0)
     with capture_logs() as logs:
-        async with running(publisher):
-            publisher.wake()
-            got = await receive(queue, 40)
-            await until(lambda: outbox.pending() == 0, "outbox drained")
-            await assert_queue_empty(queue)
-            status = publisher.status()
+        got, status = await drain_through(publisher, queue, outbox, 40)
     assert [e["data"]["sequence"] for e in bodies(got)] == list(range(1, 41))
     assert metric(metrics, "events_publish_failures_total") == 0
     assert metric(metrics, "events_published_total") == 40
@@ -533,12 +541,7 @@ async def test_a_stalled_confirm_keeps_the_prefix_shrinks_the_batch_and_goes_on_
         channel, exchange, source, metrics, publish_timeout_s=1.0, backoff_s=(600.0, 600.0)
     )
     with capture_logs() as logs:
-        async with running(publisher):
-            publisher.wake()
-            got = await receive(queue, 150)
-            await until(lambda: outbox.pending() == 0, "outbox drained")
-            await assert_queue_empty(queue)
-            status = publisher.status()
+        got, status = await drain_through(publisher, queue, outbox, 150)
     assert channel.stalled == [rows[20].id]
     assert [m.message_id for m in got] == [r.id for r in rows], "in order, each once"
     # 20 confirmed of 64, then the batch grows back from that prefix: 20, 40, 64 (the cap).
@@ -563,11 +566,7 @@ async def test_a_confirm_timeout_without_progress_backs_off_as_an_outage(
     channel = SlowChannel(stall=[rows[0].id])  # not even the first event is confirmed
     publisher = slow_publisher(channel, exchange, source, metrics, publish_timeout_s=0.5)
     with capture_logs() as logs:
-        async with running(publisher):
-            publisher.wake()
-            got = await receive(queue, 150)
-            await until(lambda: outbox.pending() == 0, "outbox drained")
-            await assert_queue_empty(queue)
+        got, _ = await drain_through(publisher, queue, outbox, 150)
     assert [m.message_id for m in got] == [r.id for r in rows], "in order, each once"
     # Nothing confirmed: the batch drops to the floor (16) and doubles back to the cap.
     assert source.limits == [64, 16, 32, 64, 64]
