@@ -76,7 +76,9 @@ async def run_probe(probe: Probe, timeout_s: float) -> ProbeResult:
             return await probe.probe()
     except TimeoutError:
         return ProbeResult(
-            Outcome.TIMEOUT, elapsed_since(start), f"timeout after {seconds(timeout_s)}"
+            Outcome.TIMEOUT,
+            max(elapsed_since(start), timeout_s),
+            f"timeout after {seconds(timeout_s)}",
         )
     except Exception as exc:  # noqa: BLE001 - the probe boundary: a bug is a failed probe
         reason = f"probe error: {error_reason(exc, timeout_s)}"

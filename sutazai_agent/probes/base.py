@@ -244,11 +244,18 @@ def elapsed_since(start: float) -> float:
     return time.perf_counter() - start
 
 
+def failed_after(exc: BaseException, start: float, timeout_s: float) -> float:
+    """A failed probe's latency. A timeout took ``timeout_s`` at least: the loop's timer runs
+    on its own, coarser clock and may fire a hair before ``perf_counter`` says it is time."""
+    elapsed = elapsed_since(start)
+    return max(elapsed, timeout_s) if isinstance(exc, TimeoutError) else elapsed
+
+
 def failure(exc: BaseException, start: float, timeout_s: float, step: str = "") -> ProbeResult:
     """The result of a probe that failed with ``exc``, optionally naming the failed step."""
     reason = error_reason(exc, timeout_s)
     return ProbeResult(
         outcome_for(exc),
-        elapsed_since(start),
+        failed_after(exc, start, timeout_s),
         f"{step}: {reason}" if step else reason,
     )

@@ -26,6 +26,7 @@ from sutazai_agent.probes.base import (
     clock,
     elapsed_since,
     error_reason,
+    failed_after,
     fetch,
     outcome_for,
     scrub,
@@ -75,7 +76,7 @@ class RabbitmqProbe:
                 server = await self._handshake()
         except Exception as exc:  # noqa: BLE001 - a probe never raises
             reason = f"amqp: {amqp_reason(exc, self._timeout_s)}"
-            return ProbeResult(outcome_for(exc), elapsed_since(start), reason)
+            return ProbeResult(outcome_for(exc), failed_after(exc, start, self._timeout_s), reason)
         if self._alarms_url is None:
             return ProbeResult(Outcome.OK, elapsed_since(start), "", server)
         try:

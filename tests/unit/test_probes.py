@@ -18,7 +18,7 @@ from sutazai_agent.config import (
 )
 from sutazai_agent.model import Outcome, ProbeResult
 from sutazai_agent.probes import BACKSTOP_GRACE_S, PROBES, build_probe, make_session, run_probe
-from sutazai_agent.probes.base import error_reason, scrub
+from sutazai_agent.probes.base import clock, error_reason, failure, scrub
 from sutazai_agent.probes.consul import ConsulProbe
 from sutazai_agent.probes.http import HttpProbe
 from sutazai_agent.probes.kong import KongProbe
@@ -133,3 +133,13 @@ def test_scrub_hides_passwords_but_keeps_the_rest() -> None:
     assert scrub("amqp://guest:s3cret@rabbit:5672/ and http://h/") == (
         "amqp://guest:***@rabbit:5672/ and http://h/"
     )
+
+
+def test_a_timed_out_probe_took_its_timeout_at_least() -> None:
+    # The loop's timer runs on a coarser clock (uvloop: 1 ms, read once per iteration) and
+    # may fire a hair before perf_counter says the timeout passed.
+    timed_out = failure(TimeoutError(), clock(), 5.0)
+    refused = failure(ConnectionRefusedError(111, "refused"), clock(), 5.0)
+
+    assert timed_out.latency_s == 5.0
+    assert refused.latency_s < 1.0
