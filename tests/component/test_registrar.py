@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from sutazai_agent.config import ConsulService
+from sutazai_agent.config import ConsulService, TcpService
 from sutazai_agent.consul_api import (
     AgentService,
     CheckStatus,
@@ -19,7 +19,7 @@ from sutazai_agent.consul_api import (
 )
 from sutazai_agent.metrics import Metrics
 from sutazai_agent.model import State
-from sutazai_agent.registrar import APPLY_MAX, BEAT_EARLY_S, BEATS_PER_PASS
+from sutazai_agent.registrar import APPLY_MAX, BEAT_EARLY_S, BEATS_PER_PASS, ConsulRegistrar
 from tests.component.consul_backends import (
     BACKENDS,
     Backend,
@@ -36,6 +36,18 @@ REGISTER = ("PUT", "/v1/agent/service/register")
 def puts(backend: Backend) -> dict[str, int]:
     assert backend.fake is not None
     return {route: n for (method, route), n in backend.fake.requests.items() if method == "PUT"}
+
+
+async def up_and_registered(
+    backend: Backend, client: ConsulClient, count: int
+) -> tuple[list[TcpService], ConsulRegistrar]:
+    """``count`` tcp services, all observed up and registered by one pass."""
+    services = [tcp_service(f"svc-{i}") for i in range(count)]
+    registrar = backend.registrar(client, services)
+    for svc in services:
+        registrar.observe(svc, State.UP)
+    await registrar.sync_once()
+    return services, registrar
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
@@ -349,11 +361,7 @@ async def test_wrong_token_logs_one_clear_error_per_outage() -> None:
 async def test_steady_state_writes_only_heartbeats() -> None:
     async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
         assert b.fake is not None
-        services = [tcp_service(f"svc-{i}") for i in range(5)]
-        registrar = b.registrar(client, services)
-        for svc in services:
-            registrar.observe(svc, State.UP)
-        await registrar.sync_once()
+        services, registrar = await up_and_registered(b, client, 5)
         b.fake.requests.clear()
         for _ in range(600):  # ten minutes in 1 s steps, ten resyncs
             await b.advance(1.0)
@@ -517,11 +525,7 @@ async def test_heartbeats_cut_short_mid_batch_are_sent_by_the_next_pass(failure:
     due (none lost from the schedule), and they keep every check passing after."""
     async with consul_backend("fake") as b, FailingUpdates(b.consul_config()) as client:
         assert b.fake is not None
-        services = [tcp_service(f"svc-{i}") for i in range(40)]
-        registrar = b.registrar(client, services)
-        for svc in services:
-            registrar.observe(svc, State.UP)
-        await registrar.sync_once()
+        services, registrar = await up_and_registered(b, client, 40)
         await b.advance(b.ttl_s / 3)  # every first beat is due (spread over half an interval)
         client.allowed, client.failures = 20, 12
         if failure == "bug":
@@ -570,11 +574,8 @@ async def test_heartbeats_falling_due_within_a_second_share_one_wake_up() -> Non
     beats keep their phase)."""
     async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
         assert b.fake is not None
-        services = [tcp_service(f"svc-{i}") for i in range(100)]
-        registrar = b.registrar(client, services)
-        for svc in services:
-            registrar.observe(svc, State.UP)
-        delay = await registrar.sync_once()
+        services, registrar = await up_and_registered(b, client, 100)
+        delay = await registrar.sync_once()  # nothing due yet: the wait for the first beat
         b.fake.requests.clear()
         duration = 10 * (b.ttl_s / 3)  # ten heartbeat intervals
         elapsed, wake_ups_with_beats = 0.0, 0
@@ -595,11 +596,7 @@ async def test_a_backlog_of_heartbeats_goes_out_a_bounded_number_per_pass() -> N
     so a backlog never holds the loop for one long burst."""
     async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
         assert b.fake is not None
-        services = [tcp_service(f"svc-{i}") for i in range(150)]
-        registrar = b.registrar(client, services)
-        for svc in services:
-            registrar.observe(svc, State.UP)
-        await registrar.sync_once()
+        services, registrar = await up_and_registered(b, client, 150)
         await b.advance(b.ttl_s / 3)  # every first beat is due
         sent = []
         for _ in range(3):
