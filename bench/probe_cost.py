@@ -21,6 +21,7 @@ import asyncio
 import time
 from typing import Any
 
+from bench.common import run
 from bench.targets import TargetFarm, raise_fd_limit
 from sutazai_agent.config import HttpService, TcpService
 from sutazai_agent.model import Outcome
@@ -82,26 +83,22 @@ def main() -> None:
     if args.smoke:
         args.targets, args.probes, args.concurrency = 10, 300, 8
     raise_fd_limit()
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-        loop_name = "uvloop"
-    except ImportError:
-        runner = asyncio.Runner()
-        loop_name = "asyncio"
     with TargetFarm(args.targets) as farm:
+        run(measure_all(farm, args))
+
+
+async def measure_all(farm: TargetFarm, args: argparse.Namespace) -> None:
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
+    print(
+        f"{args.targets} targets, {args.probes} probes per variant, "
+        f"{args.concurrency} in flight, {loop}"
+    )
+    for variant in args.variants.split(","):
+        row = await measure(farm, variant, args.probes, args.concurrency)
         print(
-            f"{args.targets} targets, {args.probes} probes per variant, "
-            f"{args.concurrency} in flight, {loop_name}"
+            f"{row['variant']}: {row['cpu_ms_per_probe']:.3f} CPU-ms/probe, "
+            f"{row['probes_per_s']} probes/s, {row['failed']} failed"
         )
-        with runner:
-            for variant in args.variants.split(","):
-                row = runner.run(measure(farm, variant, args.probes, args.concurrency))
-                print(
-                    f"{row['variant']}: {row['cpu_ms_per_probe']:.3f} CPU-ms/probe, "
-                    f"{row['probes_per_s']} probes/s, {row['failed']} failed"
-                )
 
 
 if __name__ == "__main__":

@@ -23,14 +23,13 @@ It is used for ``GET``/``HEAD`` without ``follow_redirects``; redirects stay wit
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
 import socket
 import ssl
 import time
 from typing import TYPE_CHECKING, Final
 
-from sutazai_agent.probes.base import USER_AGENT, Reply
+from sutazai_agent.probes.base import USER_AGENT, Reply, basic_auth
 from sutazai_agent.probes.http1_parser import ResponseReader
 
 if TYPE_CHECKING:
@@ -49,23 +48,20 @@ def build_request(url: URL, method: str, headers: Mapping[str, str], user_agent:
         host = f"[{host}]"
     if not url.is_default_port():
         host = f"{host}:{url.port}"
-    fields: dict[str, str] = {
-        "Host": host,
-        "User-Agent": user_agent,
-        "Accept": "*/*",
+    # Keyed by lower-case name: a configured header replaces the default of the same name.
+    fields = {
+        "host": ("Host", host),
+        "user-agent": ("User-Agent", user_agent),
+        "accept": ("Accept", "*/*"),
     }
     if url.raw_user is not None:
         # Credentials in the URL are sent as Basic auth, as aiohttp does.
-        token = f"{url.user or ''}:{url.password or ''}".encode()
-        fields["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
-    lowered = {name.lower(): name for name in fields}
-    for name, value in headers.items():
-        fields.pop(lowered.get(name.lower(), name), None)
-        fields[name] = value
-    fields = {k: v for k, v in fields.items() if k.lower() != "connection"}
-    fields["Connection"] = "close"
+        fields["authorization"] = ("Authorization", basic_auth(url.user or "", url.password or ""))
+    for name, value in [*headers.items(), ("Connection", "close")]:
+        fields.pop(name.lower(), None)
+        fields[name.lower()] = (name, value)
     lines = [f"{method} {url.raw_path_qs or '/'} HTTP/1.1"]
-    lines += [f"{name}: {value}" for name, value in fields.items()]
+    lines += [f"{name}: {value}" for name, value in fields.values()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 

@@ -15,7 +15,15 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from sutazai_agent.model import Outcome, ProbeResult
-from sutazai_agent.probes.base import Reply, clock, elapsed_since, error_reason, fetch, outcome_for
+from sutazai_agent.probes.base import (
+    Reply,
+    clock,
+    elapsed_since,
+    error_reason,
+    failed_after,
+    fetch,
+    outcome_for,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -55,6 +63,7 @@ class KongProbe:
         detail = _detail(admin, proxy, ready)
         if isinstance(proxy, Exception):
             reason = f"proxy: {error_reason(proxy, self._timeout_s)}"
+            latency_s = failed_after(proxy, start, self._timeout_s)
             return ProbeResult(outcome_for(proxy), latency_s, reason, detail)
         if proxy.status >= 500:
             return ProbeResult(Outcome.FAIL, latency_s, f"proxy: HTTP {proxy.status}", detail)
