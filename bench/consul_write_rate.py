@@ -21,10 +21,10 @@ import time
 from typing import Any
 
 from sutazai_agent.config import ConsulConfig, TcpService
-from sutazai_agent.consul_api import ConsulClient
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import State
-from sutazai_agent.registrar import ConsulRegistrar
+from sutazai_agent.consul.client import ConsulClient
+from sutazai_agent.consul.registrar import ConsulRegistrar
+from sutazai_agent.core.model import State
+from sutazai_agent.web.metrics import Metrics
 from tests.fakes.consul import FakeConsul, ManualClock
 
 

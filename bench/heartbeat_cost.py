@@ -32,8 +32,8 @@ from typing import Self
 
 from bench.common import ConsulServer, cpu_s, machine, run
 from sutazai_agent.config import ConsulConfig, TcpService
-from sutazai_agent.consul_api import POOL_SIZE, ConsulClient
-from sutazai_agent.registration import check_id, registration_payload
+from sutazai_agent.consul.client import POOL_SIZE, ConsulClient
+from sutazai_agent.consul.ledger import check_id, registration_payload
 
 AGENT_ID = "bench"
 OUTPUT = f"up (sutazai-agent {AGENT_ID})"

@@ -24,7 +24,7 @@ from typing import Any
 from bench.common import run
 from bench.targets import TargetFarm, raise_fd_limit
 from sutazai_agent.config import HttpService, TcpService
-from sutazai_agent.model import Outcome
+from sutazai_agent.core.model import Outcome
 from sutazai_agent.probes import build_probe, make_session, run_probe
 
 VARIANTS = ("http", "http-aiohttp", "tcp")

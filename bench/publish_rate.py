@@ -27,10 +27,10 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 
 from sutazai_agent.config import RabbitmqConfig
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import Outcome, ProbeResult, State, Transition
-from sutazai_agent.outbox import SqliteOutbox
-from sutazai_agent.publisher import RabbitPublisher
+from sutazai_agent.core.model import Outcome, ProbeResult, State, Transition
+from sutazai_agent.events.outbox import SqliteOutbox
+from sutazai_agent.events.publisher import RabbitPublisher
+from sutazai_agent.web.metrics import Metrics
 
 
 def transition(service: str, step: int) -> Transition:

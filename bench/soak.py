@@ -62,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sutazai_agent.consul_api import POOL_SIZE  # noqa: E402  # after the sys.path set-up
+from sutazai_agent.consul.client import POOL_SIZE  # noqa: E402  # after the sys.path set-up
 
 AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
 AMQP_URL = f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/"
@@ -285,7 +285,7 @@ class Consumer:
         import aio_pika
         from aio_pika.abc import ExchangeType
 
-        from sutazai_agent.events import decode
+        from sutazai_agent.events.cloudevents import decode
 
         self._connection = await aio_pika.connect_robust(AMQP_URL)
         channel = self._channel = await self._connection.channel()

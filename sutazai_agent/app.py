@@ -23,18 +23,18 @@ from prometheus_client import disable_created_metrics
 
 from sutazai_agent import __version__
 from sutazai_agent.config import AgentConfig, ServiceConfig
-from sutazai_agent.consul_api import ConsulClient
+from sutazai_agent.consul.client import ConsulClient
+from sutazai_agent.consul.registrar import ConsulRegistrar
+from sutazai_agent.core.model import ProbeResult, utcnow
+from sutazai_agent.core.protocols import Clock, Probe
+from sutazai_agent.core.scheduler import Job, Scheduler
+from sutazai_agent.events.outbox import SqliteOutbox
+from sutazai_agent.events.publisher import RabbitPublisher
 from sutazai_agent.logs import LoopExceptionLogger
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import ProbeResult, utcnow
 from sutazai_agent.monitor import Monitor
-from sutazai_agent.outbox import SqliteOutbox
 from sutazai_agent.probes import build_probe, make_session, run_probe
-from sutazai_agent.protocols import Clock, Probe
-from sutazai_agent.publisher import RabbitPublisher
-from sutazai_agent.registrar import ConsulRegistrar
-from sutazai_agent.scheduler import Job, Scheduler
-from sutazai_agent.web import WebServer, make_app
+from sutazai_agent.web.metrics import Metrics
+from sutazai_agent.web.server import WebServer, make_app
 
 log = structlog.get_logger(__name__)
 STALL_S = 5.0

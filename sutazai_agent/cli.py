@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check":
         return _run(_check(cfg, args.json, sys.stdout))
     if command == "events":
-        from sutazai_agent.consumer import tail
+        from sutazai_agent.events.consumer import tail
 
         bind = args.bind or ["health.#"]
         url = cfg.rabbitmq.url

@@ -22,10 +22,10 @@ from typing import Any
 import structlog
 
 from sutazai_agent.config import AgentConfig, ServiceConfig
-from sutazai_agent.health import HealthMachine
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import ProbeResult, State, Transition, utcnow
-from sutazai_agent.protocols import EventSink, Publisher, Registrar
+from sutazai_agent.core.health import HealthMachine
+from sutazai_agent.core.model import ProbeResult, State, Transition, utcnow
+from sutazai_agent.core.protocols import EventSink, Publisher, Registrar
+from sutazai_agent.web.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 RETRY_MAX_S = 30.0

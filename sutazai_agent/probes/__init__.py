@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sutazai_agent.model import Outcome, ProbeResult
+from sutazai_agent.core.model import Outcome, ProbeResult
 from sutazai_agent.probes.base import clock, elapsed_since, error_reason, make_session, seconds
 from sutazai_agent.probes.consul import ConsulProbe
 from sutazai_agent.probes.http import HttpProbe
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from sutazai_agent.config import ServiceConfig
-    from sutazai_agent.protocols import Probe
+    from sutazai_agent.core.protocols import Probe
 
 __all__ = [
     "BACKSTOP_GRACE_S",

@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from sutazai_agent import __version__
-from sutazai_agent.model import Outcome, ProbeResult
+from sutazai_agent.core.model import Outcome, ProbeResult
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from yarl import URL
 
-from sutazai_agent.model import Outcome, ProbeResult
+from sutazai_agent.core.model import Outcome, ProbeResult
 from sutazai_agent.probes.base import Reply, clock, elapsed_since, failure, fetch
 from sutazai_agent.probes.http1 import Exchange
 

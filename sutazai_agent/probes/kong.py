@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from sutazai_agent.model import Outcome, ProbeResult
+from sutazai_agent.core.model import Outcome, ProbeResult
 from sutazai_agent.probes.base import (
     Reply,
     clock,

@@ -19,7 +19,7 @@ import aiormq
 import aiormq.exceptions
 from yarl import URL
 
-from sutazai_agent.model import Outcome, ProbeResult
+from sutazai_agent.core.model import Outcome, ProbeResult
 from sutazai_agent.probes.base import (
     Reply,
     basic_auth,

@@ -27,9 +27,9 @@ import structlog
 from structlog.testing import LogCapture
 
 from sutazai_agent.config import ConsulConfig, TcpService
-from sutazai_agent.consul_api import ConsulClient
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.registrar import ConsulRegistrar
+from sutazai_agent.consul.client import ConsulClient
+from sutazai_agent.consul.registrar import ConsulRegistrar
+from sutazai_agent.web.metrics import Metrics
 from tests.fakes.consul import FakeConsul, ManualClock
 from tests.fakes.tcp_proxy import TcpProxy
 

@@ -12,7 +12,7 @@ import trustme
 from aiohttp import web
 
 from sutazai_agent.config import ConsulConfig
-from sutazai_agent.consul_api import (
+from sutazai_agent.consul.client import (
     BODY_MAX,
     ConsulClient,
     ConsulError,

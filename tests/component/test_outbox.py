@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import KnownState, Outcome, ProbeResult, State, Transition
-from sutazai_agent.outbox import SqliteOutbox
+from sutazai_agent.core.model import KnownState, Outcome, ProbeResult, State, Transition
+from sutazai_agent.events.outbox import SqliteOutbox
+from sutazai_agent.web.metrics import Metrics
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ import aiohttp
 from aiohttp import web
 
 from sutazai_agent.config import ConsulService
-from sutazai_agent.model import Outcome
+from sutazai_agent.core.model import Outcome
 from sutazai_agent.probes.consul import ConsulProbe
 
 from .conftest import Serve

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from sutazai_agent.config import HttpService
-from sutazai_agent.model import Outcome
+from sutazai_agent.core.model import Outcome
 from sutazai_agent.probes import build_probe, run_probe
 from sutazai_agent.probes.http import HttpProbe
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from sutazai_agent.config import KongService
-from sutazai_agent.model import Outcome
+from sutazai_agent.core.model import Outcome
 from sutazai_agent.probes.kong import KongProbe
 from tests.fakes.kong import FakeKong
 

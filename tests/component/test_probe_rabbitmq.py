@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from sutazai_agent.config import RabbitmqService
-from sutazai_agent.model import Outcome
+from sutazai_agent.core.model import Outcome
 from sutazai_agent.probes.rabbitmq import RabbitmqProbe
 
 from .conftest import RawServer, Serve

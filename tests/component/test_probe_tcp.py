@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from sutazai_agent.config import TcpService
-from sutazai_agent.model import Outcome
+from sutazai_agent.core.model import Outcome
 from sutazai_agent.probes.tcp import TcpProbe
 
 TIMEOUT_S = 0.5

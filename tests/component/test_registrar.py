@@ -11,15 +11,15 @@ from __future__ import annotations
 import pytest
 
 from sutazai_agent.config import ConsulService, TcpService
-from sutazai_agent.consul_api import (
+from sutazai_agent.consul.client import (
     AgentService,
     CheckStatus,
     ConsulClient,
     ConsulUnavailableError,
 )
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import State
-from sutazai_agent.registrar import APPLY_MAX, BEAT_EARLY_S, BEATS_PER_PASS, ConsulRegistrar
+from sutazai_agent.consul.registrar import APPLY_MAX, BEAT_EARLY_S, BEATS_PER_PASS, ConsulRegistrar
+from sutazai_agent.core.model import State
+from sutazai_agent.web.metrics import Metrics
 from tests.component.consul_backends import (
     BACKENDS,
     Backend,

@@ -172,11 +172,11 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_no_more() -> Non
             for source in sources:
                 prefix = source.rstrip("/")
                 assert any(f == prefix or f.startswith(prefix + "/") for f in context), source
-    assert {"pyproject.toml", "README.md", "sutazai_agent/config.py"} <= context
+    assert {"pyproject.toml", "README.md", "sutazai_agent/config/schema.py"} <= context
     rules = dockerignore_rules()
     for path in (
         ".git/config", ".venv/bin/python", "deploy/.env", "tests/deploy/support.py",
-        "state/outbox.db", "sutazai_agent/__pycache__/config.cpython-312.pyc", "Dockerfile",
+        "state/outbox.db", "sutazai_agent/config/__pycache__/schema.cpython-312.pyc", "Dockerfile",
         "docs/deployment.md",
     ):  # fmt: skip
         assert not in_build_context(path, rules), path

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sutazai_agent.metrics import Metrics
+from sutazai_agent.web.metrics import Metrics
 from tests.deploy.support import AGENT, PROMETHEUS_DIR, compose, describe, ports, run
 
 PROMETHEUS_YML = PROMETHEUS_DIR / "prometheus.yml"

@@ -12,7 +12,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, ExchangeType
 from aiohttp import web
 
-from sutazai_agent.events import decode
+from sutazai_agent.events.cloudevents import decode
 from tests.fakes.consul import FakeConsul
 from tests.integration.agent_process import free_port
 

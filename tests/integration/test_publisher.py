@@ -31,12 +31,12 @@ from aio_pika.abc import (
 )
 from structlog.testing import capture_logs
 
-from sutazai_agent import consumer
 from sutazai_agent.config import RabbitmqConfig
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import Outcome, ProbeResult, State, Transition
-from sutazai_agent.outbox import SqliteOutbox, StoredEvent
-from sutazai_agent.publisher import RabbitPublisher
+from sutazai_agent.core.model import Outcome, ProbeResult, State, Transition
+from sutazai_agent.events import consumer
+from sutazai_agent.events.outbox import SqliteOutbox, StoredEvent
+from sutazai_agent.events.publisher import RabbitPublisher
+from sutazai_agent.web.metrics import Metrics
 from tests.fakes.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.broker

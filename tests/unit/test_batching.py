@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sutazai_agent.batching import next_batch_size
+from sutazai_agent.events.confirms import next_batch_size
 
 
 @pytest.mark.parametrize(

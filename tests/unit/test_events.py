@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import jsonschema
 import pytest
 
-from sutazai_agent import events
-from sutazai_agent.model import Outcome, ProbeResult, State, Transition
+from sutazai_agent.core.model import Outcome, ProbeResult, State, Transition
+from sutazai_agent.events import cloudevents as events
 
 # CloudEvents 1.0 (spec.md "Context Attributes" and json-format.md), as a JSON schema.
 CLOUDEVENT_SCHEMA = {

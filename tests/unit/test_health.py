@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sutazai_agent.health import HealthMachine
-from sutazai_agent.model import Outcome, ProbeResult, State
+from sutazai_agent.core.health import HealthMachine
+from sutazai_agent.core.model import Outcome, ProbeResult, State
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 CODE = {"u": Outcome.OK, "g": Outcome.DEGRADED, "d": Outcome.FAIL, "t": Outcome.TIMEOUT}

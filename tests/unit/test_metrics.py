@@ -9,8 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from pydantic import ValidationError
 
 from sutazai_agent.config import AgentConfig, describe
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import Outcome, State
+from sutazai_agent.core.model import Outcome, State
+from sutazai_agent.web.metrics import Metrics
 
 
 def samples(families: object) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:

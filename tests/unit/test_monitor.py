@@ -11,9 +11,9 @@ from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from sutazai_agent.config import AgentConfig, ServiceConfig, TcpService
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import KnownState, Outcome, ProbeResult, State, Transition
+from sutazai_agent.core.model import KnownState, Outcome, ProbeResult, State, Transition
 from sutazai_agent.monitor import Monitor
+from sutazai_agent.web.metrics import Metrics
 
 T0 = datetime(2026, 11, 26, tzinfo=UTC)
 OK = ProbeResult(Outcome.OK, 0.01)

@@ -16,7 +16,7 @@ from sutazai_agent.config import (
     RabbitmqService,
     TcpService,
 )
-from sutazai_agent.model import Outcome, ProbeResult
+from sutazai_agent.core.model import Outcome, ProbeResult
 from sutazai_agent.probes import BACKSTOP_GRACE_S, PROBES, build_probe, make_session, run_probe
 from sutazai_agent.probes.base import clock, error_reason, failure, scrub
 from sutazai_agent.probes.consul import ConsulProbe

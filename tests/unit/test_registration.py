@@ -8,15 +8,14 @@ import random
 import pytest
 
 from sutazai_agent.config import ConsulConfig, HttpService, TcpService
-from sutazai_agent.consul_api import (
+from sutazai_agent.consul.client import (
     AgentService,
     ConsulError,
     ConsulNotFoundError,
     ConsulPermissionError,
     ConsulUnavailableError,
 )
-from sutazai_agent.model import State
-from sutazai_agent.registration import (
+from sutazai_agent.consul.ledger import (
     Backoff,
     BeatSchedule,
     Entry,
@@ -31,6 +30,7 @@ from sutazai_agent.registration import (
     ownership_filter,
     registration_payload,
 )
+from sutazai_agent.core.model import State
 
 
 @pytest.mark.parametrize(

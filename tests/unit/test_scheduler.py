@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sutazai_agent.scheduler import MAX_SLEEP_S, MIN_SLEEP_S, Schedule, Scheduler
+from sutazai_agent.core.scheduler import MAX_SLEEP_S, MIN_SLEEP_S, Schedule, Scheduler
 
 
 class FakeClock:

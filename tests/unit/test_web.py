@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.web import make_app
+from sutazai_agent.web.metrics import Metrics
+from sutazai_agent.web.server import make_app
 
 
 class View:

@@ -27,7 +27,7 @@ from yarl import URL
 
 from sutazai_agent import __version__
 from sutazai_agent.config import ConsulConfig, redact_url
-from sutazai_agent.model import bounded
+from sutazai_agent.core.model import bounded
 
 CheckStatus = Literal["passing", "warning", "critical"]
 CHECK_STATUSES: tuple[CheckStatus, ...] = ("passing", "warning", "critical")

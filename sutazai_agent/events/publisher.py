@@ -35,11 +35,11 @@ from aio_pika.abc import (
 )
 from aio_pika.connection import make_url
 
-from sutazai_agent import events
-from sutazai_agent.batching import confirmed_prefix, next_batch_size
 from sutazai_agent.config import RabbitmqConfig, redact_url, url_password
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.outbox import StoredEvent
+from sutazai_agent.events import cloudevents as events
+from sutazai_agent.events.confirms import confirmed_prefix, next_batch_size
+from sutazai_agent.events.outbox import StoredEvent
+from sutazai_agent.web.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

@@ -16,8 +16,8 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import ExchangeType
 
-from sutazai_agent import events
 from sutazai_agent.config import redact_url, url_password
+from sutazai_agent.events import cloudevents as events
 
 DEFAULT_BINDING = "health.#"
 CONNECT_TIMEOUT_S = 10.0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from sutazai_agent.protocols import Clock
+from sutazai_agent.core.protocols import Clock
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from sutazai_agent.config import ServiceConfig
-    from sutazai_agent.model import KnownState, ProbeResult, State, Transition
+    from sutazai_agent.core.model import KnownState, ProbeResult, State, Transition
 
 
 class Clock(Protocol):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sutazai_agent.model import ProbeResult, State, Transition
+from sutazai_agent.core.model import ProbeResult, State, Transition
 
 RANK = {State.DOWN: 0, State.DEGRADED: 1, State.UP: 2}
 DEFAULT_REASON = {State.UP: "probe ok", State.DEGRADED: "degraded", State.DOWN: "probe failed"}

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import structlog
 
 from sutazai_agent.config import ConsulConfig, ServiceConfig, redact_url
-from sutazai_agent.consul_api import (
+from sutazai_agent.consul.client import (
     POOL_SIZE,
     CheckStatus,
     ConsulAgentApi,
@@ -46,10 +46,7 @@ from sutazai_agent.consul_api import (
     ConsulPermissionError,
     ConsulUnavailableError,
 )
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import State, utcnow
-from sutazai_agent.protocols import Clock
-from sutazai_agent.registration import (
+from sutazai_agent.consul.ledger import (
     CONSUL_DEREGISTER_FLOOR_S,
     OUTAGE_LOG,
     Backoff,
@@ -65,6 +62,9 @@ from sutazai_agent.registration import (
     ownership_filter,
     registration_payload,
 )
+from sutazai_agent.core.model import State, utcnow
+from sutazai_agent.core.protocols import Clock
+from sutazai_agent.web.metrics import Metrics
 
 T = TypeVar("T")
 MIN_WAIT_S = 0.001

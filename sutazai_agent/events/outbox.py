@@ -25,9 +25,9 @@ from typing import Self, TypeVar
 
 import structlog
 
-from sutazai_agent import events
-from sutazai_agent.metrics import Metrics
-from sutazai_agent.model import KnownState, State, Transition
+from sutazai_agent.core.model import KnownState, State, Transition
+from sutazai_agent.events import cloudevents as events
+from sutazai_agent.web.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sutazai_agent.config import ConsulConfig, ServiceConfig, registration_address
-from sutazai_agent.consul_api import (
+from sutazai_agent.consul.client import (
     AgentService,
     CheckStatus,
     ConsulError,
     ConsulPermissionError,
     ConsulUnavailableError,
 )
-from sutazai_agent.model import State
+from sutazai_agent.core.model import State
 
 MANAGED_BY = "sutazai-agent"
 CHECK_PREFIX = "sutazai:"

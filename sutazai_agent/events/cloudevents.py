@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sutazai_agent.model import State, Transition
+from sutazai_agent.core.model import State, Transition
 
 SPEC_VERSION = "1.0"
 EVENT_TYPE = "io.sutazai.service.health.changed"

@@ -40,7 +40,7 @@ from prometheus_client.utils import floatToGoString
 
 from sutazai_agent import __version__
 from sutazai_agent.config import PROBE_DURATION_BUCKETS_S
-from sutazai_agent.model import Outcome, State
+from sutazai_agent.core.model import Outcome, State
 
 PREFIX = "sutazai_agent"
 LAG_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)

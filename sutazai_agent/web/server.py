@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.exposition import choose_encoder
 
-from sutazai_agent.metrics import MetricsRegistry
+from sutazai_agent.web.metrics import MetricsRegistry
 
 log = structlog.get_logger(__name__)
 ZLIB_IN_THREAD = 64 * 1024
