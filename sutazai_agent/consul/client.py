@@ -291,10 +291,12 @@ class ConsulClient:
         # A payload carrying its Content-Type: no per-call headers to merge with the session's.
         payload = None if data is None else BytesPayload(data, content_type=JSON_TYPE)
         limit_s = self._config.timeout_s if timeout_s is None else timeout_s
-        timeout = None if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
+        extra: dict[str, Any] = {}
+        if timeout_s is not None:  # else the session's (aiohttp reads None as "no timeout")
+            extra["timeout"] = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with session.request(
-                method, url, params=params, data=payload, timeout=timeout
+                method, url, params=params, data=payload, **extra
             ) as response:
                 status = response.status
                 index = _index(response.headers.get("X-Consul-Index"))
