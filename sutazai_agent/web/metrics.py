@@ -137,13 +137,9 @@ class ServiceFamilies:
         return [up, state, duration, probes, changes]
 
     # --- the fast path ---------------------------------------------------------------------
-    def render(self, openmetrics: bool = False) -> str:
-        """The five families as exposition text (Prometheus 0.0.4, or OpenMetrics without
-        the final ``# EOF``)."""
-        return "".join(self.chunks(openmetrics))
-
     def chunks(self, openmetrics: bool = False, size: int = CHUNK_SERVICES) -> Iterator[str]:
-        """``render`` in pieces of at most ``size`` services, so that a caller on the event
+        """The five families as exposition text (Prometheus 0.0.4, or OpenMetrics without the
+        final ``# EOF``) in pieces of at most ``size`` services, so that a caller on the event
         loop can let the probes run between them. Reads a snapshot of the service list; a
         histogram's +Inf bucket and count come from the same reads."""
         all_series = list(self.series.values())
