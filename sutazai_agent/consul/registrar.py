@@ -69,7 +69,6 @@ from sutazai_agent.core.scheduler import MIN_SLEEP_S
 from sutazai_agent.web.metrics import Metrics
 
 T = TypeVar("T")
-"""Never sleep less than this: uvloop turns shorter sleeps into a busy spin."""
 BACKOFF_CAP_S = 30.0
 LOG_EACH_MAX = 10
 """A pass with more changes of one kind than this logs them as one line (count + first ids):
@@ -80,11 +79,11 @@ APPLY_MAX = 256
 """Changes applied per pass at most; the next pass, with the due heartbeats first, follows."""
 BEAT_EARLY_S = 1.0
 """A beat may go this much early (a tenth of its interval at most), so one wake-up sends the
-next second's beats together: 1,000 services were 100 wake-ups a second, each costing more
-than the call it made. The phase is kept (``next_beat_at``)."""
+next second's beats together: a wake-up costs more than the call it makes. The phase is kept
+(``next_beat_at``)."""
 BEATS_PER_PASS = 64
 """Heartbeats per pass at most (due ones first); the next pass follows at once if more are
-due. 10,000 services gather 1,000 beats a second: sent as one burst, they held the loop up."""
+due, so thousands of beats due together never hold the loop up as one burst."""
 _WARNINGS = frozenset({"consul_registration_lost"})
 
 
