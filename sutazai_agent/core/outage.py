@@ -21,10 +21,6 @@ class Outage:
         self.since: float | None = None
         self.failures = 0
 
-    @property
-    def ongoing(self) -> bool:
-        return self.since is not None
-
     def failed(self, kind: str = "error") -> bool:
         """Count a failure; True when it starts an outage or changes its kind (log it)."""
         self.failures += 1

@@ -197,7 +197,7 @@ class ServiceFamilies:
 
 
 class MetricsRegistry(CollectorRegistry):
-    """A registry whose per-service families render fast (``exposition``).
+    """A registry whose per-service families render fast (``exposition_chunks``).
 
     Everything else registered here is also kept in ``core``, so that prometheus_client
     encodes only the few fixed metrics and ``ServiceFamilies`` renders the rest itself.
@@ -216,10 +216,6 @@ class MetricsRegistry(CollectorRegistry):
     def unregister(self, collector: Collector) -> None:
         super().unregister(collector)
         self.core.unregister(collector)
-
-    def exposition(self, openmetrics: bool = False) -> bytes:
-        """The whole /metrics body at once (~0.3 s at 10,000 services)."""
-        return b"".join(self.exposition_chunks(openmetrics))
 
     def exposition_chunks(self, openmetrics: bool = False) -> Iterator[bytes]:
         """The /metrics body in pieces of a few milliseconds' work each."""

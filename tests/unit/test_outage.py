@@ -16,7 +16,7 @@ class FakeClock:
 def test_only_the_first_failure_and_a_change_of_kind_are_news() -> None:
     clock = FakeClock()
     outage = Outage(clock)
-    assert not outage.ongoing
+    assert outage.since is None
     assert outage.failed("unreachable") is True
     clock.now += 1
     assert outage.failed("unreachable") is False
