@@ -28,8 +28,8 @@ import structlog
 
 from sutazai_agent.consul.client import ConsulError
 from sutazai_agent.consul.kv import SESSION_TTL_MIN_S, LockApi
-from sutazai_agent.consul.ledger import Backoff
 from sutazai_agent.core import rendezvous
+from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.protocols import Clock
 
 Role = Literal["starting", "standby", "active"]
