@@ -28,6 +28,7 @@ import structlog
 
 from sutazai_agent.consul.client import ConsulError
 from sutazai_agent.consul.kv import SESSION_TTL_MIN_S, LockApi
+from sutazai_agent.consul.ledger import OUTAGE_LOG, outage_kind
 from sutazai_agent.core import rendezvous
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.protocols import Clock
@@ -74,7 +75,9 @@ class Membership:
         self._member_held = False
         self._backoff = Backoff(cap_s=self.ttl_s / 2)
         self._outage = False
+        self.last_error: str | None = None
         self._closed = asyncio.Event()
+        self._members_index = 0
 
     # --- what the rest of the agent asks ------------------------------------------------------
     def owner(self, service_name: str) -> str | None:
@@ -178,9 +181,8 @@ class Membership:
 
     async def _watch_members(self) -> None:
         prefix = members_prefix(self.group)
-        index = getattr(self, "_members_index", 0)
         entries, index = await self._api.read(
-            prefix, recurse=True, index=index, wait_s=self._wait_s()
+            prefix, recurse=True, index=self._members_index, wait_s=self._wait_s()
         )
         self._members_index = index
         live = {e.key[len(prefix) :] for e in entries if e.session is not None}
@@ -205,12 +207,15 @@ class Membership:
     def _recovered(self) -> None:
         if self._outage:
             self._outage = False
+            self.last_error = None
             self._backoff.reset()
 
     def _failed(self, exc: ConsulError) -> float:
+        self.last_error = str(exc)
         if not self._outage:
             self._outage = True
-            self._log.warning("consul_lock_unavailable", error=str(exc), action="will retry")
+            level, event, extra = OUTAGE_LOG[outage_kind(exc)]  # one line per outage
+            getattr(self._log, level)(event, error=str(exc), part="identity lock", **extra)
         if self._held and self._clock() - self._renewed_at >= self.ttl_s:
             # The session may be gone: write nothing until the lock is held again.
             self._held = self._member_held = False
