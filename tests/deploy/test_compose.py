@@ -50,7 +50,8 @@ SEED_PORTS = {
     AGENT: {("127.0.0.1", 10220, 10220, "tcp")},
 }
 NETWORK = "sutazai-network"
-UP = "docker compose -f deploy/docker-compose.yml up -d --build"
+UP = "deploy/up"
+COMPOSE_UP = 'docker compose -f "$here/docker-compose.yml" up -d --build "$@"'
 # What compose falls back to without deploy/.env: RabbitMQ credentials that say what they are
 # (tolerable because the broker's ports are bound to 127.0.0.1), and no status API key at all.
 DEV_RABBITMQ_USER = "sutazai"
@@ -133,14 +134,25 @@ def test_kong_admin_is_bound_to_loopback_only() -> None:
     assert all(p.target != 8100 for p in kong), "the status listener is for the network only"
 
 
-def test_everything_is_on_sutazai_network_which_compose_creates_under_that_name() -> None:
+def test_everything_is_on_the_shared_sutazai_network_which_compose_does_not_own() -> None:
     data = compose()
-    # Not external (compose would refuse to start until someone ran `docker network create`),
-    # and named explicitly: without `name:` compose would create `sutazai_sutazai-network`,
-    # which the other SutazAI projects, joining `sutazai-network` as external, would not find.
-    assert data["networks"] == {NETWORK: {"name": NETWORK}}
+    # External: the seed (or deploy/up) creates it with `docker network create`, so compose
+    # neither refuses an existing network it did not label nor removes it on `down`; named,
+    # so it is `sutazai-network` and not a project-prefixed `sutazai_sutazai-network`.
+    assert data["networks"] == {NETWORK: {"external": True, "name": NETWORK}}
     for name, service in data["services"].items():
         assert service["networks"] == [NETWORK], name
+
+
+def test_deploy_up_makes_the_network_only_when_missing_then_runs_compose() -> None:
+    # tests/deploy/test_network.py runs the script against a real dockerd; here its text.
+    script = (COMPOSE_FILE.parent / "up").read_text(encoding="utf-8")
+    commands = [line.strip() for line in script.splitlines() if line.strip()]
+    commands = [c for c in commands if not c.startswith("#")]
+    assert commands[-1] == f"exec {COMPOSE_UP}"
+    assert 'if ! docker network inspect "$network"' in script
+    assert 'docker network create "$network"' in script
+    assert "network=sutazai-network" in commands
 
 
 def sh_commands(block: str) -> list[str]:
