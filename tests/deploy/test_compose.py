@@ -47,6 +47,7 @@ SEED_PORTS = {
     },
     "rabbitmq": {("127.0.0.1", 10007, 5672, "tcp"), ("127.0.0.1", 10008, 15672, "tcp")},
     "prometheus": {("127.0.0.1", 10200, 9090, "tcp")},
+    "grafana": {("127.0.0.1", 10201, 3000, "tcp")},
     AGENT: {("127.0.0.1", 10220, 10220, "tcp")},
 }
 NETWORK = "sutazai-network"
@@ -186,6 +187,7 @@ def test_named_volumes_keep_the_state_of_consul_rabbitmq_prometheus_and_the_agen
         "consul": "/consul/data",
         "rabbitmq": "/var/lib/rabbitmq",
         "prometheus": "/prometheus",
+        "grafana": "/var/lib/grafana",
         AGENT: "/var/lib/sutazai-agent",
     }
     for name, target in expected.items():
