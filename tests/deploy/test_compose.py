@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -571,3 +572,25 @@ def test_interpolation_follows_the_compose_rules() -> None:
     assert interpolate("${SET:?e}", env) == "v"
     with pytest.raises(InterpolationError):
         interpolate("${EMPTY:?e}", env)
+
+
+def test_compose_v1_parses_the_file_apart_from_the_project_name(tmp_path: Path) -> None:
+    # Debian bookworm packages Compose v1 only (docker-compose 1.29). It predates the top-level
+    # `name:` of the Compose Specification and rejects it; everything else it parses and
+    # interpolates like v2 (services, healthchecks, depends_on conditions, the external network).
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is missing (scripts/test installs Debian's docker-compose)"
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "\nname: sutazai\n" in text
+    copy = tmp_path / "docker-compose.yml"
+    copy.write_text(text.replace("\nname: sutazai\n", "\n"), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    command = [binary, "-f", str(copy), "--project-directory", str(COMPOSE_FILE.parent), "config"]
+    result = run(command, env=env)
+    assert result.returncode == 0, describe(result)
+    parsed = yaml.safe_load(result.stdout)
+    assert parsed["networks"] == {NETWORK: {"external": True, "name": NETWORK}}
+    assert set(parsed["services"]) == set(raw_compose()["services"])
+    original = run([binary, "-f", str(COMPOSE_FILE), "config", "-q"], env=env)
+    assert original.returncode != 0
+    assert "'name' does not match" in original.stderr, describe(original)
