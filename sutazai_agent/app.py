@@ -26,7 +26,7 @@ from sutazai_agent.consul.client import ConsulClient
 from sutazai_agent.consul.group import Membership
 from sutazai_agent.consul.kv import ConsulKv
 from sutazai_agent.consul.registrar import ConsulRegistrar
-from sutazai_agent.core.model import ProbeResult, format_time, os_reason, utcnow
+from sutazai_agent.core.model import ProbeResult, State, format_time, os_reason, utcnow
 from sutazai_agent.core.protocols import Clock, Probe
 from sutazai_agent.core.scheduler import Job, Scheduler
 from sutazai_agent.events.outbox import SqliteOutbox
@@ -63,6 +63,10 @@ class Agent:
         self._membership: Membership | None = None
         self._publisher: RabbitPublisher | None = None
         self._outbox: SqliteOutbox | None = None
+        self._owned: frozenset[str] = frozenset()
+        self._turns: dict[str, int] = {s.name: 0 for s in config.services}
+        """Per service, how often its ownership changed: a probe started before a change
+        is not recorded after it."""
         self.http_port: int | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -126,11 +130,20 @@ class Agent:
                 self.metrics,
                 self._clock,
                 ownership=membership,
+                on_seed=self._seed,
             )
             publisher = await stack.enter_async_context(
                 RabbitPublisher(config.rabbitmq, config.agent_id, outbox, self.metrics)
             )
-            monitor = Monitor(config, outbox, registrar, publisher, self.metrics)
+            monitor = Monitor(
+                config,
+                outbox,
+                registrar,
+                publisher,
+                self.metrics,
+                seed_wait_s=config.consul.ttl_s,
+            )
+            self._owned = frozenset(s.name for s in config.services if membership.owns(s.name))
             self._outbox, self._registrar, self._publisher = outbox, registrar, publisher
             self._monitor = monitor
             for service in config.services:
@@ -199,8 +212,12 @@ class Agent:
         async def job() -> None:
             if self._membership is not None and not self._membership.owns(name):
                 return  # another member's (or the holder's, as standby): probe nothing
+            if monitor.awaiting_seed(name):
+                return  # just taken over: start from what Consul shows
+            turn = self._turns[name]
             result: ProbeResult = await run_probe(probe, timeout_s)
-            monitor.record(name, result)
+            if self._turns[name] == turn:
+                monitor.record(name, result)
 
         return job
 
@@ -211,14 +228,29 @@ class Agent:
 
     def _regroup(self) -> None:
         """The role or the group's members changed: act on what this agent owns now."""
-        membership = self._membership
+        membership, monitor = self._membership, self._monitor
         if membership is None:
             return
+        services = self.config.services
+        owned = frozenset(s.name for s in services if membership.owns(s.name))
+        if monitor is not None:
+            for service in services:
+                name = service.name
+                if (name in owned) is (name in self._owned):
+                    continue
+                self._turns[name] += 1
+                monitor.release(name, await_seed=name in owned)
+                if name in owned and not service.register_service:
+                    monitor.seed(name, None)  # never in Consul: nothing to start from
+        self._owned = owned
         if self._registrar is not None:
             self._registrar.regroup()
-        owned = sum(membership.owns(s.name) for s in self.config.services)
         self.metrics.group_members.set(len(membership.members))
-        self.metrics.owned_services.set(owned)
+        self.metrics.owned_services.set(len(owned))
+
+    def _seed(self, service_name: str, state: State | None) -> None:
+        if self._monitor is not None:
+            self._monitor.seed(service_name, state)
 
     def ready(self) -> bool:
         membership, monitor = self._membership, self._monitor

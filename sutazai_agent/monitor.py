@@ -7,6 +7,14 @@ batch is kept and retried with jittered backoff (one log line when the failure s
 it ends): nothing reacts to a transition that is not on disk. What waits is bounded
 (``max_pending``): past it the oldest unwritten transitions are dropped and counted, so a long
 disk failure cannot exhaust memory.
+
+Handover (a group's member died or joined, a standby became active): a service this agent
+comes to own waits (``await_seed``) for what Consul shows of it (``seed``), at most
+``seed_wait_s``, before its first probe. A seeded state is provisional
+(``HealthMachine.restore``): the first result of this run equal to it announces nothing, and
+only that result is given to the registrar, so a handover is not a health change and nothing
+is marked passing from a state this run has not probed. A service the agent stops owning
+forgets its state (its new owner announces what changes from now on).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -47,6 +55,8 @@ class ServiceView:
     machine: HealthMachine
     last: ProbeResult | None = None
     last_at: datetime | None = None
+    seed_until: datetime | None = None
+    """Waiting for what Consul shows of the service (a handover) until then."""
 
 
 class Monitor:
@@ -59,7 +69,9 @@ class Monitor:
         metrics: Metrics,
         now: Callable[[], datetime] = utcnow,
         max_pending: int = MAX_PENDING,
+        seed_wait_s: float = 30.0,
     ) -> None:
+        self._seed_wait = timedelta(seconds=seed_wait_s)
         self._sink = sink
         self._max_pending = max_pending
         self._outage = Outage()
@@ -90,12 +102,47 @@ class Monitor:
         """True once every service has had a probe result."""
         return all(view.last is not None for view in self.views.values())
 
+    # --- handover --------------------------------------------------------------------------
+    def release(self, name: str, *, await_seed: bool) -> None:
+        """Forget the service's state (its ownership changed); with ``await_seed`` (this agent
+        now owns it), hold its probes until ``seed`` says what Consul shows."""
+        view = self.views[name]
+        old = view.machine
+        previous = old.state
+        view.machine = HealthMachine(old.service, old.kind, old.rise, old.fall)
+        view.last = view.last_at = None
+        view.seed_until = self._now() + self._seed_wait if await_seed else None
+        self._metrics.set_state(name, view.config.kind, previous, State.UNKNOWN)
+
+    def seed(self, name: str, state: State | None) -> None:
+        """Start from what Consul shows (``None``: nothing to start from), provisionally."""
+        view = self.views.get(name)
+        if view is None or view.seed_until is None:
+            return
+        view.seed_until = None
+        if state is not None:
+            view.machine.restore(state, self._now())
+
+    def awaiting_seed(self, name: str) -> bool:
+        """Whether the service's probes wait for its seed (bounded by ``seed_wait_s``)."""
+        view = self.views[name]
+        if view.seed_until is not None and self._now() >= view.seed_until:
+            log.warning("consul_seed_timed_out", service=name, action="probe from unknown")
+            view.seed_until = None
+        return view.seed_until is not None
+
     def record(self, name: str, result: ProbeResult) -> None:
         view = self.views[name]
         at = self._now()
         view.last, view.last_at = result, at
         self._metrics.observe_probe(name, view.config.kind, result.outcome, result.latency_s)
+        seeded = view.machine.state is not State.UNKNOWN and not view.machine.confirmed
         transition = view.machine.observe(result, at)
+        if seeded and transition is None:
+            # The seed is confirmed: no event, but the registrar and the metrics hear of it.
+            state = view.machine.state
+            self._metrics.set_state(name, view.config.kind, State.UNKNOWN, state)
+            self._registrar.observe(view.config, state)
         if transition is not None:
             self._pending.append(transition)
             if len(self._pending) > self._max_pending:

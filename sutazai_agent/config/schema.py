@@ -45,6 +45,7 @@ class ConsulConfig(_Strict):
     token: SecretStr = SecretStr("")
     ttl_s: PositiveSeconds = 30.0
     deregister_critical_after_s: PositiveSeconds = 60.0
+    on_down: Literal["deregister", "critical"] = "deregister"
     resync_interval_s: PositiveSeconds = 60.0
     timeout_s: PositiveSeconds = 5.0
     ca_file: Path | None = None

@@ -116,6 +116,8 @@ class ConsulAgentApi(Protocol):
 
     async def agent_service(self, service_id: str) -> AgentService | None: ...
 
+    async def agent_checks(self, filter_expr: str | None = None) -> dict[str, AgentCheck]: ...
+
 
 class ConsulClient:
     """Client of one Consul agent. Use as ``async with ConsulClient(config) as client:``."""

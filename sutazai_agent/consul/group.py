@@ -11,9 +11,13 @@ Consul is the distributed engine here; this module only holds what Consul grants
   same session: the live members are the keys of that prefix, watched with a blocking query.
   A member's session ending (SIGKILL, host lost) deletes its key within two TTLs.
 
-Before the lock is first held the role is ``starting``: the agent probes and publishes as
-without Consul, and writes nothing to it. When renewal has failed for a whole TTL the session
-may be gone: ``can_write()`` turns false until the lock is held again.
+Before the lock is first held the role is ``starting``: an agent alone (no ``group``) probes
+and publishes as without Consul and writes nothing to it; a member of a group owns nothing
+yet (it probes and announces nothing until it knows the members, or each member would
+announce every service while Consul is unreachable at start).
+
+When renewal has failed for a whole TTL the session may be gone: ``can_write()`` turns
+false until the lock is held again.
 """
 
 from __future__ import annotations
@@ -78,19 +82,24 @@ class Membership:
         self.last_error: str | None = None
         self._closed = asyncio.Event()
         self._members_index = 0
+        self._members_known = False
 
     # --- what the rest of the agent asks ------------------------------------------------------
     def owner(self, service_name: str) -> str | None:
         """The member that owns ``service_name`` (this agent when not in a group)."""
         if not self.group:
             return self.agent_id
+        if not self._members_known:
+            return None  # starting, or the first read of the members is still to come
         return rendezvous.owner(service_name, self.members)
 
     def owns(self, service_name: str) -> bool:
         """Whether this agent probes and announces ``service_name`` now."""
         if self.role == "standby":
             return False
-        return self.role == "starting" or self.owner(service_name) == self.agent_id
+        if self.role == "starting" and not self.group:
+            return True
+        return self.owner(service_name) == self.agent_id
 
     def can_write(self) -> bool:
         """Whether this agent may write to Consul: it holds its lock, and its session is
@@ -187,7 +196,12 @@ class Membership:
         self._members_index = index
         live = {e.key[len(prefix) :] for e in entries if e.session is not None}
         live.add(self.agent_id)
-        if live != self.members:
+        if not self._members_known:
+            self._members_known = True
+            self.members = frozenset(live)
+            self._log.info("group_members_known", group=self.group, members=sorted(live))
+            self._on_change()
+        elif live != self.members:
             self._log.info(
                 "group_members_changed",
                 group=self.group,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from sutazai_agent.config import ConsulConfig, ServiceConfig, registration_address
 from sutazai_agent.consul.client import (
+    AgentCheck,
     AgentService,
     CheckStatus,
     ConsulError,
@@ -34,12 +35,46 @@ def check_id(service_id: str) -> str:
     return f"{CHECK_PREFIX}{service_id}"
 
 
-def check_status(state: State) -> CheckStatus | None:
-    """The TTL check status for a health state; ``None`` when it must not be registered."""
+def check_status(state: State, keep_down: bool = False) -> CheckStatus | None:
+    """The TTL check status for a health state; ``None`` when it must not be registered.
+    ``keep_down`` (``consul.on_down: critical``): a down service stays, critical."""
     if state is State.UP:
         return "passing"
     if state is State.DEGRADED:
         return "warning"
+    if state is State.DOWN and keep_down:
+        return "critical"
+    return None
+
+
+EXPIRED_PREFIX = "TTL expired (last output before timeout follows): "
+"""Consul keeps a TTL check's last output when the TTL expires, after this prefix."""
+_STATE_WORDS = {"up": State.UP, "degraded": State.DEGRADED, "down": State.DOWN}
+
+
+def check_output(state: State, agent_id: str) -> str:
+    """The output written with a check's status: the state first, then who wrote it."""
+    return f"{state.value} (sutazai-agent {agent_id})"
+
+
+def seed_state(check: AgentCheck | None) -> State | None:
+    """What a new owner starts from: the state Consul shows of a service's TTL check.
+
+    ``passing`` → up, ``warning`` → degraded. ``critical`` → the state in the output an agent
+    wrote (``check_output``), which Consul keeps after a TTL expiry: a member killed while
+    its service was up leaves ``up`` there. Anything else (no check, a critical check with no
+    output of ours): ``None``, the first probe decides.
+    """
+    if check is None:
+        return None
+    if check.status == "passing":
+        return State.UP
+    if check.status == "warning":
+        return State.DEGRADED
+    output = check.output.removeprefix(EXPIRED_PREFIX)
+    word, _, rest = output.partition(" ")
+    if rest.startswith(f"({MANAGED_BY} "):
+        return _STATE_WORDS.get(word)
     return None
 
 
@@ -167,19 +202,26 @@ class Entry:
     """This agent owns the service now (its group's hashing; always when not in a group)."""
     foreign: str | None = None
     """Another owner's registration holds this ID: it is never written nor deregistered."""
+    seed: bool = False
+    """This agent just came to own the service: the next resync reports what Consul shows."""
+    keep_down: bool = False
+    """``consul.on_down: critical``: a down service stays registered, its check critical."""
 
     def change(self) -> Literal["register", "check_update", "deregister"] | None:
         """The write that brings Consul to the desired state, if any."""
         if not self.owned or self.foreign is not None:
             return None
-        status = check_status(self.desired)
+        status = self.check_status()
         if status is not None and not (self.registered and self.fresh):
             return "register"  # always followed by a check update
         if status is not None and self.status != status:
             return "check_update"
-        if self.desired is State.DOWN and self.registered:
+        if status is None and self.desired is State.DOWN and self.registered:
             return "deregister"
         return None
+
+    def check_status(self) -> CheckStatus | None:
+        return check_status(self.desired, self.keep_down)
 
     def pending(self) -> bool:
         """Whether the registrar has a change to apply (a rejected entry waits for the next
@@ -255,8 +297,9 @@ class Ledger:
     Whoever changes an entry's fields calls ``settle`` (and ``set_registered`` for
     ``registered``) so that the indexes stay true."""
 
-    def __init__(self, services: Iterable[ServiceConfig]) -> None:
-        self.entries = {s.id: Entry(s) for s in services if s.register_service}
+    def __init__(self, services: Iterable[ServiceConfig], keep_down: bool = False) -> None:
+        self.keep_down = keep_down
+        self.entries = {s.id: Entry(s, keep_down=keep_down) for s in services if s.register_service}
         self.pending: dict[str, None] = {}
         self.beats = BeatSchedule(lambda service_id: self.entries[service_id].beat_due())
         self.registered = 0
@@ -264,7 +307,7 @@ class Ledger:
     def entry(self, service: ServiceConfig) -> Entry:
         found = self.entries.get(service.id)
         if found is None:
-            found = self.entries[service.id] = Entry(service)
+            found = self.entries[service.id] = Entry(service, keep_down=self.keep_down)
         return found
 
     def settle(self, entry: Entry) -> None:

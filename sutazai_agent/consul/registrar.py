@@ -32,14 +32,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
 from sutazai_agent.config import ConsulConfig, ServiceConfig, redact_url
 from sutazai_agent.consul.client import (
     POOL_SIZE,
-    AgentService,
     CheckStatus,
     ConsulAgentApi,
     ConsulError,
@@ -54,57 +53,18 @@ from sutazai_agent.consul.ledger import (
     Ledger,
     PassLog,
     check_id,
-    check_status,
-    claim,
-    describe_owner,
-    differs,
+    check_output,
     next_beat_at,
     outage_kind,
     registration_payload,
 )
+from sutazai_agent.consul.reconcile import Ownership, Reconciler, Seed, SoleOwner
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.model import State, format_optional_time, utcnow
 from sutazai_agent.core.outage import Outage
 from sutazai_agent.core.protocols import Clock
 from sutazai_agent.core.scheduler import MIN_SLEEP_S
 from sutazai_agent.web.metrics import Metrics
-
-
-class Ownership(Protocol):
-    """Which services this agent owns and whether it may write (``Membership``)."""
-
-    agent_id: str
-    group: str
-
-    def owner(self, service_name: str) -> str | None: ...
-
-    def owns(self, service_name: str) -> bool: ...
-
-    def can_write(self) -> bool: ...
-
-    def is_live_member(self, agent_id: str) -> bool: ...
-
-
-class SoleOwner:
-    """An agent alone: it owns every service and always writes (no lock)."""
-
-    group = ""
-
-    def __init__(self, agent_id: str) -> None:
-        self.agent_id = agent_id
-
-    def owner(self, service_name: str) -> str | None:
-        return self.agent_id
-
-    def owns(self, service_name: str) -> bool:
-        return True
-
-    def can_write(self) -> bool:
-        return True
-
-    def is_live_member(self, agent_id: str) -> bool:
-        return agent_id == self.agent_id
-
 
 T = TypeVar("T")
 BACKOFF_CAP_S = 30.0
@@ -142,10 +102,10 @@ class ConsulRegistrar:
         *,
         rng: random.Random | None = None,
         ownership: Ownership | None = None,
+        on_seed: Seed | None = None,
     ) -> None:
         self._client = client
         self._owners: Ownership = ownership or SoleOwner(agent_id)
-        self._conflicts: dict[str, str] = {}
         self._config = config
         self._agent_id = agent_id
         self._metrics = metrics
@@ -155,8 +115,20 @@ class ConsulRegistrar:
         self._url = redact_url(config.url)
         self._beat_interval_s = config.ttl_s / 3.0
         self._beat_early_s = min(BEAT_EARLY_S, self._beat_interval_s / 10)
-        self._ledger = Ledger(services)
+        self._ledger = Ledger(services, keep_down=config.on_down == "critical")
         self._entries = self._ledger.entries
+        for entry in self._entries.values():
+            entry.owned = self._owners.owns(entry.service.name)
+        self._reconciler = Reconciler(
+            client,
+            self._ledger,
+            self._owners,
+            self._op,
+            self._note,
+            self._payload,
+            self._log,
+            on_seed,
+        )
         self._backoff = Backoff(cap_s=BACKOFF_CAP_S, rng=self._rng)
         self._pass_log = PassLog(LOG_EACH_MAX, _WARNINGS)
         self._wake = asyncio.Event()
@@ -267,7 +239,7 @@ class ConsulRegistrar:
             return self._failed(exc)
         finally:
             self._metrics.consul_registered_services.set(self._ledger.registered)
-            self._metrics.consul_conflicts.set(len(self._conflicts))
+            self._metrics.consul_conflicts.set(len(self._reconciler.conflicts))
             for level, event, fields in self._pass_log.drain():
                 getattr(self._log, level)(event, **fields)
         return self._next_due()
@@ -276,12 +248,14 @@ class ConsulRegistrar:
     def regroup(self) -> None:
         """Ownership changed (a member joined or left, the role changed): stop acting on
         what this agent no longer owns (its registrations stay for the new owner to take
-        over), and look at Consul before acting on what it now owns."""
+        over), and look at Consul before acting on what it now owns: what it shows is
+        reported through ``on_seed``; nothing is written for a service before a probe of
+        this run (``observe``) says what it is."""
         for entry in self._entries.values():
             owned = self._owners.owns(entry.service.name)
             if owned is entry.owned:
                 continue
-            entry.owned = owned
+            entry.owned, entry.seed, entry.desired = owned, owned, State.UNKNOWN
             if not owned:
                 self._ledger.set_registered(entry, False)
                 entry.status = entry.next_beat_at = None
@@ -289,76 +263,11 @@ class ConsulRegistrar:
         self._resync_pending = True
         self._wake.set()
 
-    def _claim(self, listed: AgentService) -> str:
-        owners = self._owners
-        return claim(
-            listed,
-            self._agent_id,
-            owners.group,
-            owners.is_live_member,
-            owners.owner(listed.name),
-        )
-
-    def _conflict(self, entry: Entry, listed: AgentService) -> None:
-        owner = describe_owner(listed)
-        entry.foreign = owner
-        sid = entry.service.id
-        if self._conflicts.get(sid) != owner:
-            self._log.warning(
-                "consul_registration_conflict",
-                service_id=sid,
-                owner=owner,
-                action="left alone: another owner's registration is never written",
-            )
-        self._conflicts[sid] = owner
-
     async def _resync(self) -> None:
-        listed = await self._op("list", self._client.agent_services())
-        found: dict[str, AgentService] = {}
-        for sid, svc in listed.items():
-            kind = self._claim(svc)
-            entry = self._entries.get(sid)
-            if kind == "foreign" or (entry is not None and not entry.owned):
-                if entry is not None and entry.owned:
-                    self._conflict(entry, svc)
-                continue
-            if entry is None:
-                if kind == "ours":
-                    await self._op("deregister", self._client.deregister_service(sid))
-                    self._note("consul_deregistered", service_id=sid, reason="not configured")
-                continue
-            found[sid] = svc
-        for sid, entry in self._entries.items():
-            entry.rejected = None
-            if sid in found:
-                svc = found[sid]
-                if entry.foreign is not None:
-                    entry.foreign = None
-                    self._conflicts.pop(sid, None)
-                self._ledger.set_registered(entry, True)
-                status = check_status(entry.desired)
-                if status is not None and differs(svc, self._payload(entry, status)):
-                    entry.fresh = False
-            elif entry.registered:
-                self._ledger.set_registered(entry, False)
-                entry.next_beat_at = None
-            if entry.foreign is not None and sid not in listed:
-                entry.foreign = None
-                self._conflicts.pop(sid, None)
-            self._ledger.settle(entry)
+        await self._reconciler.resync()
         self._resync_pending = False
         self._next_resync_at = self._clock() + self._config.resync_interval_s
         self._last_sync_at = utcnow()
-
-    async def _still_ours(self, entry: Entry) -> bool:
-        """Look before a register or deregister: is the ID free, ours, or ours to take?"""
-        listed = await self._op("get", self._client.agent_service(entry.service.id))
-        if listed is None or self._claim(listed) != "foreign":
-            return True
-        self._conflict(entry, listed)
-        self._ledger.set_registered(entry, False)
-        entry.status = entry.next_beat_at = None
-        return False
 
     async def _apply_pending(self) -> None:
         pending = self._ledger.pending
@@ -387,9 +296,9 @@ class ConsulRegistrar:
 
     async def _apply_once(self, entry: Entry) -> None:
         service_id = entry.service.id
-        status = check_status(entry.desired)
+        status = entry.check_status()
         change = entry.change()
-        if change in ("register", "deregister") and not await self._still_ours(entry):
+        if change in ("register", "deregister") and not await self._reconciler.still_ours(entry):
             return
         if change == "register" and status is not None:
             reason = "changed" if entry.registered else "missing"
@@ -441,8 +350,15 @@ class ConsulRegistrar:
         try:
             await self._write_status(entry, status, "heartbeat")
         except ConsulNotFoundError:
-            # Consul lost it (restart, manual deregistration, reaped): restore it now.
-            self._lost(entry)
+            if status == "critical":
+                # on_down critical: Consul reaps a check critical for longer than
+                # DeregisterCriticalServiceAfter. Expected: put it back, quietly.
+                self._note("consul_registered", service_id=entry.service.id, reason="reaped")
+                self._ledger.set_registered(entry, False)
+                entry.status = entry.next_beat_at = None
+            else:
+                # Consul lost it (restart, manual deregistration, reaped): restore it now.
+                self._lost(entry)
             await self._apply(entry, retry_lost=False)
         except (ConsulUnavailableError, ConsulPermissionError):
             raise
@@ -464,7 +380,7 @@ class ConsulRegistrar:
         )
 
     async def _write_status(self, entry: Entry, status: CheckStatus, operation: str) -> None:
-        output = f"{entry.desired.value} (sutazai-agent {self._agent_id})"
+        output = check_output(entry.desired, self._agent_id)
         call = self._client.update_ttl(check_id(entry.service.id), status, output)
         await self._op(operation, call)
         entry.status = status

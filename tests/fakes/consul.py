@@ -47,6 +47,7 @@ from tests.fakes.consul_state import (
     NotFoundError,
     decode_checks,
     decode_struct,
+    expired_output,
     matches,
     parse_filter,
     reap_deadline,
@@ -182,7 +183,7 @@ class FakeConsul:
         now = self.clock()
         for check in self.checks.values():
             if check.status != "critical" and now >= check.expires_at:
-                check.set_status("critical", "TTL expired", check.expires_at)
+                check.set_status("critical", expired_output(check.output), check.expires_at)
                 check.modify_index = self._next_index()
         for check in list(self.checks.values()):
             deadline = reap_deadline(check, self.started_at, self.reap_interval_s)

@@ -9,7 +9,9 @@ status, filtering) and the agent's observable behaviour:
 - durations are Go duration strings (``"30s"``, ``"1m30s"``) or numbers of nanoseconds;
 - a TTL check starts ``critical`` unless registered with ``Status``; re-registering a service
   keeps an existing check's status and output whatever ``Status`` says, and restarts its TTL;
-- a TTL not refreshed in time turns the check ``critical`` with output ``TTL expired``;
+- a TTL not refreshed in time turns the check ``critical`` with output ``TTL expired``, or,
+  when the check had an output, ``TTL expired (last output before timeout follows): <it>``
+  (Consul's ``CheckTTL.getExpiredOutput``);
 - ``DeregisterCriticalServiceAfter`` is raised to the 1 minute floor; the reaper runs every
   ``reap_interval_s`` (Consul: 30 s) and removes a service whose check has been critical for
   longer than that.
@@ -218,6 +220,12 @@ class FakeCheck:
             self.critical_since = None
         self.status = status
         self.output = output
+
+
+def expired_output(last: str) -> str:
+    """A TTL check's output once its TTL expired: Consul keeps the last output it was given."""
+    prefix = "TTL expired"
+    return f"{prefix} (last output before timeout follows): {last}" if last else prefix
 
 
 def decode_checks(definition: dict[str, Any], service_id: str) -> list[dict[str, Any]]:

@@ -114,6 +114,60 @@ async def test_a_group_splits_services_and_survivors_take_over_a_killed_member(
                 agent.kill()
 
 
+@pytest.mark.timeout(115)
+async def test_a_takeover_announces_nothing_for_services_that_stay_healthy(
+    tmp_path: Path, tap: EventTap, tcp_target: TcpTarget
+) -> None:
+    """A handover is not a health change: after a member is killed, its healthy services
+    are taken over with no ``.down`` and no second ``.up`` at a consumer."""
+    names = [f"svc-{i}" for i in range(12)]
+    services = [
+        {"name": n, "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port} for n in names
+    ]
+    ids = ["m1", "m2", "m3"]
+    async with FakeConsul() as consul:
+        agents = []
+        for agent_id in ids:
+            (tmp_path / agent_id).mkdir()
+            cfg = config(consul, tap, services, agent_id=agent_id, group="g")
+            agents.append(AgentProcess(cfg, tmp_path / agent_id))
+        for agent in agents:
+            agent.start()
+        try:
+
+            async def settled(live: list[str]) -> bool:
+                if registered_by(consul) != {n: owner(n, live) for n in names}:
+                    return False
+                if sorted(sid for n in names for sid in consul.passing(n)) != sorted(names):
+                    return False
+                for agent in agents[: len(live)]:
+                    status = await agent.status()
+                    if status["outbox"]["pending"]:
+                        return False
+                    for s in status["services"]:
+                        if s["owner"] == agent.config["agent_id"] and s["state"] != "up":
+                            return False
+                return all(("unknown", "up") in tap.transitions(n) for n in names)
+
+            await eventually(lambda: settled(ids), 40, agents[0].log_tail())
+            before = len(tap.received)
+            taken = [n for n in names if owner(n, ids) == "m3"]
+            assert taken, "m3 owns some of the services"
+
+            agents[2].signal(signal.SIGKILL)
+            agents[2].wait(10)
+            await eventually(lambda: settled(ids[:2]), BOUND_S + 10, agents[0].log_tail())
+            after = [(key, e["data"]["agent_id"]) for key, e in tap.received[before:]]
+            assert after == [], f"a handover announced {after}"
+            downs = [key for key, _ in tap.received if key.endswith(".down")]
+            assert downs == []
+            for agent in agents[:2]:
+                assert agent.stop() == 0, agent.log_tail()
+        finally:
+            for agent in agents:
+                agent.kill()
+
+
 async def _role_is(agent: AgentProcess, role: str) -> bool:
     try:
         return bool((await agent.status())["agent"]["role"] == role)
