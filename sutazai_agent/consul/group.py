@@ -127,15 +127,22 @@ class Membership:
 
     async def run(self) -> None:
         while not self._closed.is_set():
-            try:
-                wait_s = await self._step()
-                self._recovered()
-            except ConsulError as exc:
-                wait_s = self._failed(exc)
+            wait_s = await self.step()
             if wait_s > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait_s):
                         await self._closed.wait()
+
+    async def step(self) -> float:
+        """One round of the loop (create or renew the session, take the locks, watch the
+        members); returns the seconds to wait before the next. Consul errors are handled
+        here (logged once per outage, backed off)."""
+        try:
+            wait_s = await self._step()
+        except ConsulError as exc:
+            return self._failed(exc)
+        self._recovered()
+        return wait_s
 
     async def _step(self) -> float:
         now = self._clock()
@@ -153,8 +160,8 @@ class Membership:
         session = self._session
         if not self._held:
             if not await self._acquire(identity_key(self.agent_id), session):
-                self._set_role("standby")
-                await self._watch_identity()
+                if not await self._watch_identity():
+                    return LOCK_DELAY_S / 4  # free, in a lock delay (ours, after a restart)
                 return 0.0
             self._held = True
             self._set_role("active")
@@ -180,13 +187,16 @@ class Membership:
     def _wait_s(self) -> float:
         return max(self._renewed_at + self._renew_every_s - self._clock(), 0.5)
 
-    async def _watch_identity(self) -> None:
-        """As standby: wait until the holder's session ends (or renewal is due)."""
+    async def _watch_identity(self) -> bool:
+        """If another agent holds this agent's id, be its standby: wait until the holder's
+        session ends (or renewal is due). False when nobody holds it."""
         key = identity_key(self.agent_id)
         entries, index = await self._api.read(key)
         if not entries or entries[0].session is None:
-            return
+            return False
+        self._set_role("standby")
         await self._api.read(key, index=index, wait_s=self._wait_s())
+        return True
 
     async def _watch_members(self) -> None:
         prefix = members_prefix(self.group)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -181,3 +181,72 @@ async def test_a_long_outbox_failure_is_bounded_and_logged_once() -> None:
     assert events.count("outbox_write_recovered") == 1
     dropped = metrics.registry.get_sample_value("sutazai_agent_events_dropped_total")
     assert dropped == 30 - len([line for line in journal.lines if line.startswith("outbox")])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_seeding(seed_wait_s: float = 10.0) -> tuple[Monitor, Journal, Clock]:
+    config = AgentConfig(
+        services=[TcpService(name="db", kind="tcp", host="h", port=1)], rise=1, fall=1
+    )
+    journal, clock = Journal(), Clock()
+    monitor = Monitor(
+        config,
+        FakeSink(journal),
+        FakeRegistrar(journal),
+        FakePublisher(journal),
+        Metrics(),
+        now=clock,
+        seed_wait_s=seed_wait_s,
+    )
+    return monitor, journal, clock
+
+
+async def test_a_handover_seeded_up_announces_nothing_and_registers_only_after_a_probe() -> None:
+    monitor, journal, _ = make_seeding()
+    task = asyncio.create_task(monitor.run())
+    monitor.record("db", OK)  # owned before: announced
+    assert await monitor.flush(1.0)
+    journal.lines.clear()
+    monitor.release("db", await_seed=False)  # another member owns it now
+    monitor.release("db", await_seed=True)  # and back: wait for what Consul shows
+    assert monitor.awaiting_seed("db")
+    monitor.seed("db", State.UP)
+    assert not monitor.awaiting_seed("db")
+    assert journal.lines == [], "a seed alone writes nothing"
+    monitor.record("db", OK)
+    assert await monitor.flush(1.0)
+    task.cancel()
+    assert journal.lines == ["registrar db up"], "no event, but the registrar follows the probe"
+
+
+async def test_a_seeded_state_the_first_probe_contradicts_is_announced_from_it() -> None:
+    monitor, journal, _ = make_seeding()
+    task = asyncio.create_task(monitor.run())
+    monitor.release("db", await_seed=True)
+    monitor.seed("db", State.UP)
+    monitor.record("db", FAIL)
+    assert await monitor.flush(1.0)
+    task.cancel()
+    assert journal.lines == ["outbox db down", "registrar db down", "publisher wake"]
+    assert monitor.views["db"].machine.state is State.DOWN
+
+
+async def test_without_a_seed_the_probes_wait_only_until_the_deadline() -> None:
+    monitor, _, clock = make_seeding(seed_wait_s=10.0)
+    monitor.release("db", await_seed=True)
+    monitor.seed("mq", State.UP)  # not configured: ignored
+    clock.now = T0 + timedelta(seconds=9)
+    assert monitor.awaiting_seed("db")
+    clock.now = T0 + timedelta(seconds=10)
+    with capture_logs() as logs:
+        assert not monitor.awaiting_seed("db")
+    assert [e["event"] for e in logs] == ["consul_seed_timed_out"]
+    monitor.seed("db", State.UP)  # too late: the first probe decides from unknown
+    assert monitor.views["db"].machine.state is State.UNKNOWN

@@ -9,6 +9,7 @@ import pytest
 
 from sutazai_agent.config import ConsulConfig, HttpService, TcpService
 from sutazai_agent.consul.client import (
+    AgentCheck,
     AgentService,
     ConsulError,
     ConsulNotFoundError,
@@ -28,6 +29,7 @@ from sutazai_agent.consul.ledger import (
     outage_kind,
     ownership_filter,
     registration_payload,
+    seed_state,
 )
 from sutazai_agent.core.model import State
 
@@ -45,6 +47,41 @@ def test_go_duration(seconds: float, text: str) -> None:
 )
 def test_check_status(state: State, status: str | None) -> None:
     assert check_status(state) == status
+
+
+@pytest.mark.parametrize("keep_down", [False, True])
+def test_check_status_of_a_down_service_follows_on_down(keep_down: bool) -> None:
+    assert check_status(State.DOWN, keep_down) == ("critical" if keep_down else None)
+    assert check_status(State.UP, keep_down) == "passing"
+
+
+@pytest.mark.parametrize(
+    ("status", "output", "seed"),
+    [
+        ("passing", "", State.UP),
+        ("warning", "anything", State.DEGRADED),
+        (
+            "critical",
+            "TTL expired (last output before timeout follows): up (sutazai-agent m3)",
+            State.UP,
+        ),
+        (
+            "critical",
+            "TTL expired (last output before timeout follows): degraded (sutazai-agent m3)",
+            State.DEGRADED,
+        ),
+        ("critical", "down (sutazai-agent m1)", State.DOWN),
+        ("critical", "TTL expired", None),
+        ("critical", "TTL expired (last output before timeout follows): up (someone else)", None),
+        ("critical", "", None),
+    ],
+)
+def test_a_new_owner_starts_from_what_the_check_shows(
+    status: str, output: str, seed: State | None
+) -> None:
+    check = AgentCheck("sutazai:db", "db", status, output, "db", "db")
+    assert seed_state(check) is seed
+    assert seed_state(None) is None
 
 
 def test_payload_is_the_design_contract() -> None:
