@@ -3,12 +3,13 @@
 ``observe()`` only records the desired state and wakes the loop. ``run()`` is the one
 long-running task; each pass (``sync_once()``) does, in order:
 
-1. anti-entropy, when due (at start, every ``resync_interval_s``, after every failure): list
-   this agent's own registrations (``Meta`` managed-by + agent-id), adopt them, mark what is
-   missing or differs, deregister what is ours but no longer configured;
+1. anti-entropy (``reconcile.Reconciler``), when due (at start, every
+   ``resync_interval_s``, after every failure, after a change of ownership): adopt this
+   agent's registrations and those it takes over, mark what is missing or differs,
+   deregister what is ours but no longer configured, tell a new owner what Consul shows;
 2. apply changes: register (always followed by a check update, because Consul keeps an
-   existing check's status on re-registration), update the check on passing ↔ warning,
-   deregister on down;
+   existing check's status on re-registration), update the check on passing ↔ warning
+   (↔ critical with ``on_down: critical``), deregister on down (``on_down: deregister``);
 3. TTL heartbeats, every ``ttl_s / 3`` per service, their phases spread out; those falling
    due within ``BEAT_EARLY_S`` go together, ``BEATS_PER_PASS`` at most. A heartbeat that
    finds its registration gone re-registers it and triggers an anti-entropy pass at once, so
@@ -20,7 +21,7 @@ heap, ``IN_FLIGHT_MAX`` services at a time, and keeps a running registered count
 
 Consul unreachable, 5xx or 403: nothing is forgotten; the pass stops, the next one waits a
 jittered exponential backoff (capped), one log line marks the start of the outage and one
-its end, and the first pass after it starts with anti-entropy.
+its end (``link.Link``), and the first pass after it starts with anti-entropy.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -48,26 +49,21 @@ from sutazai_agent.consul.client import (
 )
 from sutazai_agent.consul.ledger import (
     CONSUL_DEREGISTER_FLOOR_S,
-    OUTAGE_LOG,
     Entry,
     Ledger,
     PassLog,
     check_id,
     check_output,
     next_beat_at,
-    outage_kind,
     registration_payload,
 )
+from sutazai_agent.consul.link import Link
 from sutazai_agent.consul.reconcile import Ownership, Reconciler, Seed, SoleOwner
-from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.model import State, format_optional_time, utcnow
-from sutazai_agent.core.outage import Outage
 from sutazai_agent.core.protocols import Clock
 from sutazai_agent.core.scheduler import MIN_SLEEP_S
 from sutazai_agent.web.metrics import Metrics
 
-T = TypeVar("T")
-BACKOFF_CAP_S = 30.0
 LOG_EACH_MAX = 10
 """A pass with more changes of one kind than this logs them as one line (count + first ids):
 after Consul loses its state, 300 services re-registered are one line, not 600."""
@@ -112,7 +108,8 @@ class ConsulRegistrar:
         self._clock = clock
         self._log = logger if logger is not None else structlog.get_logger("sutazai_agent.consul")
         self._rng = rng or random.Random()  # noqa: S311 - spreading heartbeats, not crypto
-        self._url = redact_url(config.url)
+        self._link = Link(redact_url(config.url), metrics, clock, self._log, self._rng)
+        self._op = self._link.op
         self._beat_interval_s = config.ttl_s / 3.0
         self._beat_early_s = min(BEAT_EARLY_S, self._beat_interval_s / 10)
         self._ledger = Ledger(services, keep_down=config.on_down == "critical")
@@ -129,17 +126,12 @@ class ConsulRegistrar:
             self._log,
             on_seed,
         )
-        self._backoff = Backoff(cap_s=BACKOFF_CAP_S, rng=self._rng)
         self._pass_log = PassLog(LOG_EACH_MAX, _WARNINGS)
         self._wake = asyncio.Event()
         self._closed = False
         self._resync_pending = True
         self._more_pending = False
         self._next_resync_at = 0.0
-        self._retry_at = 0.0
-        self._outage = Outage(clock)
-        self._reachable = False
-        self._last_error: str | None = None
         self._last_sync_at: datetime | None = None
         if config.deregister_critical_after_s < CONSUL_DEREGISTER_FLOOR_S:
             self._log.warning(
@@ -172,10 +164,10 @@ class ConsulRegistrar:
 
     def status(self) -> dict[str, Any]:
         return {
-            "reachable": self._reachable,
-            "url": self._url,
+            "reachable": self._link.reachable,
+            "url": self._link.url,
             "registered": self._ledger.registered,
-            "last_error": self._last_error,
+            "last_error": self._link.last_error,
             "last_sync_at": format_optional_time(self._last_sync_at),
         }
 
@@ -196,16 +188,7 @@ class ConsulRegistrar:
             try:
                 delay_s = await self.sync_once()
             except Exception as exc:  # noqa: BLE001 - the loop boundary: survive, retry later
-                delay_s = self._backoff.next()
-                self._retry_at = self._clock() + delay_s
-                self._last_error = f"internal: {exc!r}"[:200]
-                self._log.error(
-                    "consul_sync_failed",
-                    error=repr(exc),
-                    retry_in_s=round(delay_s, 3),
-                    action="will retry",
-                    exc_info=True,
-                )
+                delay_s = self._link.crashed(exc)
             if self._closed or self._wake.is_set():
                 continue
             with contextlib.suppress(TimeoutError):
@@ -219,8 +202,8 @@ class ConsulRegistrar:
         propagates to ``run()``'s loop boundary.
         """
         now = self._clock()
-        if now < self._retry_at:
-            return self._retry_at - now
+        if now < self._link.retry_at:
+            return self._link.retry_at - now
         if not self._owners.can_write():
             self._resync_pending = True  # after the lock is (re)gained, look before writing
             return WAIT_FOR_LOCK_S
@@ -236,7 +219,8 @@ class ConsulRegistrar:
                 await self._resync()
                 await self._apply_pending()
         except ConsulError as exc:  # unreachable, 403, or an answer we cannot use
-            return self._failed(exc)
+            self._resync_pending = True
+            return self._link.failed(exc)
         finally:
             self._metrics.consul_registered_services.set(self._ledger.registered)
             self._metrics.consul_conflicts.set(len(self._reconciler.conflicts))
@@ -390,42 +374,9 @@ class ConsulRegistrar:
         )
         self._ledger.schedule_beat(entry, due)
 
-    async def _op(self, operation: str, call: Awaitable[T]) -> T:
-        counter = self._metrics.consul_operations
-        try:
-            result = await call
-        except ConsulError as exc:
-            counter.labels(operation, "error").inc()
-            if not isinstance(exc, ConsulUnavailableError):
-                self._reachable = True  # Consul answered; only a success ends an outage
-            raise
-        counter.labels(operation, "ok").inc()
-        self._recovered()
-        return result
-
     def _note(self, event: str, **fields: Any) -> None:
         """Log ``event`` at the end of the pass (one line each, or one for many)."""
         self._pass_log.note(event, fields)
-
-    def _recovered(self) -> None:
-        self._reachable = True
-        outage_s = self._outage.recovered()
-        if outage_s is not None:
-            self._log.info("consul_recovered", url=self._url, outage_s=outage_s)
-            self._last_error = None
-            self._backoff.reset()
-
-    def _failed(self, exc: ConsulError) -> float:
-        kind = outage_kind(exc)
-        self._reachable = kind != "unreachable"  # a 403 or a 400 is an answer
-        self._last_error = str(exc)
-        self._resync_pending = True
-        delay_s = self._backoff.next()
-        self._retry_at = self._clock() + delay_s
-        if self._outage.failed(kind):  # one line per outage (or change of kind)
-            level, event, extra = OUTAGE_LOG[kind]
-            getattr(self._log, level)(event, url=self._url, error=str(exc), **extra)
-        return delay_s
 
     def _rejected(self, entry: Entry, exc: ConsulError) -> None:
         message = str(exc)
@@ -437,7 +388,7 @@ class ConsulRegistrar:
                 action="will retry at the next resync",
             )
         entry.rejected = message
-        self._last_error = message
+        self._link.last_error = message
 
     def _next_due(self) -> float:
         if self._more_pending:

@@ -606,3 +606,38 @@ async def test_a_backlog_of_heartbeats_goes_out_a_bounded_number_per_pass() -> N
         assert sent == [BEATS_PER_PASS, BEATS_PER_PASS, 150 - 2 * BEATS_PER_PASS]
         assert delay > 0  # nothing due any more: the next pass waits for the next beat
         assert all(b.fake.passing(s.name) == [s.id] for s in services)
+
+
+async def test_on_down_critical_keeps_a_down_service_registered_and_critical() -> None:
+    """``consul.on_down: critical``: a down service stays in the catalog with its check
+    critical (out of DNS); heartbeats keep it critical; when Consul reaps it (critical for
+    longer than DeregisterCriticalServiceAfter) the next heartbeat puts it back, quietly."""
+    async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
+        assert b.fake is not None
+        svc, first_down = tcp_service("kong"), tcp_service("cache")
+        logger, capture = capturing_logger()
+        registrar = b.registrar(client, [svc, first_down], logger, on_down="critical")
+        registrar.observe(svc, State.UP)
+        registrar.observe(first_down, State.DOWN)
+        await registrar.sync_once()
+        assert await b.check_status("sutazai:kong") == "passing"
+        assert await b.check_status("sutazai:cache") == "critical", "registered, critical"
+        registrar.observe(svc, State.DOWN)
+        await registrar.sync_once()
+        check = b.fake.check("sutazai:kong")
+        assert check is not None
+        assert (check.status, check.output) == ("critical", "down (sutazai-agent node-1)")
+        assert b.fake.passing("kong") == []
+        assert ("PUT", "/v1/agent/service/deregister/{service_id}") not in b.fake.requests
+        for _ in range(40):  # 40 * ttl/3 = 400 s: past 60 s critical plus a reap tick, twice
+            await b.advance(b.ttl_s / 3)
+            await registrar.sync_once()
+            assert b.fake.service("kong") is not None or "kong" in b.fake.reaped
+        assert "kong" in b.fake.reaped, "Consul reaped it meanwhile"
+        assert b.fake.check("sutazai:kong") is not None, "and it was put back"
+        assert await b.check_status("sutazai:kong") == "critical"
+        warnings = [e for e in capture.entries if e["log_level"] in ("warning", "error")]
+        assert warnings == []
+        registrar.observe(svc, State.UP)
+        await registrar.sync_once()
+        assert b.fake.passing("kong") == ["kong"]
