@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from sutazai_agent.core.rendezvous import owner
@@ -162,6 +163,63 @@ async def test_a_takeover_announces_nothing_for_services_that_stay_healthy(
             downs = [key for key, _ in tap.received if key.endswith(".down")]
             assert downs == []
             for agent in agents[:2]:
+                assert agent.stop() == 0, agent.log_tail()
+        finally:
+            for agent in agents:
+                agent.kill()
+
+
+@pytest.mark.timeout(115)
+async def test_a_fourth_member_takes_only_its_share_and_never_a_foreign_registration(
+    tmp_path: Path, tap: EventTap, tcp_target: TcpTarget
+) -> None:
+    names = [f"svc-{i}" for i in range(30)]
+    services = [
+        {"name": n, "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port} for n in names
+    ]
+    foreign = {"ID": "svc-7", "Name": "svc-7", "Port": 9999, "Meta": {"owner": "platform"}}
+    ids = ["m1", "m2", "m3", "m4"]
+    async with FakeConsul() as consul:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.put(f"{consul.url}/v1/agent/service/register", json=foreign)
+            assert resp.status == 200
+        mine = [n for n in names if n != "svc-7"]
+        agents = []
+        for agent_id in ids:
+            (tmp_path / agent_id).mkdir()
+            cfg = config(consul, tap, services, agent_id=agent_id, group="g")
+            agents.append(AgentProcess(cfg, tmp_path / agent_id))
+        for agent in agents[:3]:
+            agent.start()
+        try:
+
+            async def split(live: list[str]) -> bool:
+                by = registered_by(consul)
+                if by != {**{n: owner(n, live) for n in mine}, "svc-7": ""}:
+                    return False
+                passing = sorted(sid for n in mine for sid in consul.passing(n))
+                if passing != sorted(mine):
+                    return False
+                for agent in agents[: len(live)]:
+                    if (await agent.status())["outbox"]["pending"]:
+                        return False
+                return True
+
+            await eventually(lambda: split(ids[:3]), 40, agents[0].log_tail())
+            before, events = registered_by(consul), len(tap.received)
+            agents[3].start()
+            await eventually(lambda: split(ids), 40, agents[3].log_tail())
+            after = registered_by(consul)
+            moved = sorted(n for n in mine if before[n] != after[n])
+            assert moved == sorted(n for n in mine if owner(n, ids) == "m4")
+            assert len(moved) <= -(-len(names) // len(ids)) + 2
+            assert sorted(consul.services) == sorted(names), "each service exactly once"
+            kept = consul.services["svc-7"]
+            assert (kept.port, kept.meta) == (9999, {"owner": "platform"}), "never touched"
+            # svc-7 is not in Consul as ours: its new owner has nothing to start from.
+            repeated = [key for key, e in tap.received[events:] if e["subject"] != "svc-7"]
+            assert repeated == [], "a join is not a health change"
+            for agent in agents:
                 assert agent.stop() == 0, agent.log_tail()
         finally:
             for agent in agents:
