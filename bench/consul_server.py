@@ -2,7 +2,8 @@
 
 The benchmarks run it apart from the agent so that its CPU is not charged to the agent.
 It prints ``READY <consul_port> <stats_port>``; ``GET /stats`` on the stats port answers
-``{"requests": {"PUT /v1/agent/service/register": n, ...}, "writes": n, "services": [ids]}``.
+``{"requests": {"PUT /v1/agent/service/register": n, ...}, "writes": n, "services": [ids],
+"owners": {id: agent-id}}``.
 
     python -m bench.consul_server
 """
@@ -30,6 +31,7 @@ def stats(consul: FakeConsul) -> dict[str, Any]:
         "requests": {f"{m} {route}": n for (m, route), n in consul.requests.items()},
         "writes": consul.writes(),
         "services": sorted(consul.services),
+        "owners": {sid: s.meta.get("agent-id", "") for sid, s in consul.services.items()},
         "at": time.monotonic(),
     }
 

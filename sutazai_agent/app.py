@@ -144,6 +144,9 @@ class Agent:
                 seed_wait_s=config.consul.ttl_s,
             )
             self._owned = frozenset(s.name for s in config.services if membership.owns(s.name))
+            for service in config.services:
+                if service.name not in self._owned:  # a group member before it knows the members
+                    monitor.release(service.name, await_seed=False)
             self._outbox, self._registrar, self._publisher = outbox, registrar, publisher
             self._monitor = monitor
             for service in config.services:

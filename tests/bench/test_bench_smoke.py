@@ -77,3 +77,11 @@ def test_probe_cost_smoke_prints_each_variant() -> None:
         (row,) = lines(out, f"{variant}: ")
         assert "CPU-ms/probe" in row
         assert row.endswith(" 0 failed"), row
+
+
+def test_takeover_smoke_prints_takeover_moves_and_writes() -> None:
+    out = smoke("bench.takeover")
+    assert len(lines(out, "takeover_s over 1 SIGKILLs: p50 ")) == 1, out
+    assert len(lines(out, "moved per leave: ")) == 1, out
+    assert len(lines(out, "events during the rounds: ")) == 1, out
+    assert len(lines(out, "consul writes per agent in steady state: ")) == 1, out
