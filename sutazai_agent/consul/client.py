@@ -118,6 +118,10 @@ class ConsulAgentApi(Protocol):
 
     async def agent_checks(self, filter_expr: str | None = None) -> dict[str, AgentCheck]: ...
 
+    async def health_service(
+        self, name: str
+    ) -> list[tuple[AgentService, tuple[AgentCheck, ...]]]: ...
+
 
 class ConsulClient:
     """Client of one Consul agent. Use as ``async with ConsulClient(config) as client:``."""
@@ -237,6 +241,17 @@ class ConsulClient:
         if not isinstance(data, dict):
             raise ConsulError("checks", "agent checks: expected a JSON object")
         return {str(key): _check("checks", value) for key, value in data.items()}
+
+    async def health_service(self, name: str) -> list[tuple[AgentService, tuple[AgentCheck, ...]]]:
+        """``GET /v1/health/service/<name>``: every instance in the cluster, with its checks."""
+        data = await self._call("health", "GET", f"/v1/health/service/{_segment(name)}")
+        try:
+            return [
+                (_service("health", e["Service"]), tuple(_check("health", c) for c in e["Checks"]))
+                for e in data
+            ]
+        except (KeyError, TypeError):
+            raise ConsulError("health", "health service: malformed entry") from None
 
     async def leader(self) -> str:
         """``GET /v1/status/leader``: the Raft leader's address, ``""`` when there is none."""

@@ -7,9 +7,10 @@ marks what is missing or differs, deregisters what is ours but no longer configu
 leaves every other owner's registration alone (logged once, counted in ``consul_conflicts``).
 
 A handover is not a health change: when an entry becomes this agent's (``Entry.seed``), the
-next resync reads its TTL check and reports what Consul shows (``seed_state``) through
-``on_seed``, so that the new owner's health machine starts from it (provisionally: only a
-probe of this run makes the registrar write).
+next resync reads its TTL check (in the local agent, or, when the previous owner registered
+it with the Consul agent of another host, in the cluster's health view) and reports what
+Consul shows (``seed_state``) through ``on_seed``, so that the new owner's health machine
+starts from it (provisionally: only a probe of this run makes the registrar write).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from sutazai_agent.consul.client import AgentCheck, AgentService, CheckStatus, ConsulAgentApi
+from sutazai_agent.consul.client import (
+    AgentCheck,
+    AgentService,
+    CheckStatus,
+    ConsulAgentApi,
+    ConsulError,
+)
 from sutazai_agent.consul.ledger import (
     Entry,
     Ledger,
@@ -27,6 +34,7 @@ from sutazai_agent.consul.ledger import (
     differs,
     seed_state,
 )
+from sutazai_agent.core.health import RANK
 from sutazai_agent.core.model import State
 
 T = TypeVar("T")
@@ -176,6 +184,27 @@ class Reconciler:
         for entry in wanted:
             entry.seed = False
             sid = entry.service.id
-            state = seed_state(checks.get(check_id(sid))) if sid in found else None
+            if sid in found:
+                state = seed_state(checks.get(check_id(sid)))
+            else:
+                state = await self._seed_elsewhere(entry)
             if self._on_seed is not None:
                 self._on_seed(entry.service.name, state)
+
+    async def _seed_elsewhere(self, entry: Entry) -> State | None:
+        """A member on another host registered it with its own Consul agent: ask the cluster
+        (best effort: no answer, no seed)."""
+        sid = entry.service.id
+        try:
+            instances = await self._op("health", self._client.health_service(entry.service.name))
+        except ConsulError:
+            return None
+        seeds = [
+            seed_state(check)
+            for service, checks in instances
+            if service.id == sid and self.claim(service) != "foreign"
+            for check in checks
+            if check.check_id == check_id(sid)
+        ]
+        known = [s for s in seeds if s is not None]
+        return max(known, key=lambda s: RANK[s]) if known else None

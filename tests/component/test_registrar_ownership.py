@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from sutazai_agent.consul.client import ConsulClient
+from sutazai_agent.config import ConsulConfig
+from sutazai_agent.consul.client import AgentCheck, AgentService, ConsulClient
 from sutazai_agent.consul.registrar import ConsulRegistrar
 from sutazai_agent.core.model import State
 from sutazai_agent.web.metrics import Metrics
@@ -17,6 +18,7 @@ from tests.component.consul_backends import (
     events,
     tcp_service,
 )
+from tests.fakes.consul import FakeConsul, ManualClock
 
 
 class GroupView:
@@ -133,3 +135,82 @@ async def test_nothing_is_written_without_the_lock(kind: str) -> None:
         view.writable = True
         await reg.sync_once()
         assert svc.id in await b.services()
+
+
+class Handover(GroupView):
+    """A view whose ownership the test hands over (``owned``)."""
+
+    def __init__(self, agent_id: str, members: set[str]) -> None:
+        super().__init__(agent_id, "g", members)
+        self.owned = False
+
+    def owns(self, service_name: str) -> bool:
+        return self.owned
+
+
+class OtherHost(ConsulClient):
+    """This host's Consul agent, whose cluster view (``/v1/health``) is another host's: the
+    fake is one node, two fakes stand for two hosts of one cluster."""
+
+    def __init__(self, config: ConsulConfig, cluster: ConsulClient) -> None:
+        super().__init__(config)
+        self._cluster = cluster
+
+    async def health_service(self, name: str) -> list[tuple[AgentService, tuple[AgentCheck, ...]]]:
+        return await self._cluster.health_service(name)
+
+
+@pytest.mark.parametrize("on_other_host", [False, True])
+async def test_a_new_owner_is_told_what_consul_shows_and_writes_nothing_before_a_probe(
+    on_other_host: bool,
+) -> None:
+    """A member killed while its service was up: its check expires (``TTL expired (last
+    output ...): up (...)``); the new owner is seeded ``up`` from it, whether the dead member
+    used the same Consul agent or another host's, and registers only once observed."""
+    clock = ManualClock()
+    async with FakeConsul(clock=clock) as host1, FakeConsul(clock=clock) as host2:
+        dead_host = host2 if on_other_host else host1
+        svc = tcp_service("api")
+        config = ConsulConfig(url=dead_host.url, ttl_s=10.0)
+        async with ConsulClient(config) as dead_client:
+            dead = ConsulRegistrar(
+                dead_client, config, "m3", [svc], Metrics(), clock, ownership=_owning("m3")
+            )
+            dead.observe(svc, State.UP)
+            await dead.sync_once()
+        clock.advance(11)  # m3 was SIGKILLed: its TTL expires
+        check = dead_host.check("sutazai:api")
+        assert check is not None
+        assert check.output.startswith("TTL expired (last output before timeout follows): up")
+        seeds: list[tuple[str, State | None]] = []
+        view = Handover("m1", {"m1"})
+        mine = ConsulConfig(url=host1.url, ttl_s=10.0)
+        async with ConsulClient(config) as cluster, OtherHost(mine, cluster) as client:
+            reg = ConsulRegistrar(
+                client,
+                mine,
+                "m1",
+                [svc],
+                Metrics(),
+                clock,
+                ownership=view,
+                on_seed=lambda name, state: seeds.append((name, state)),
+            )
+            await reg.sync_once()
+            assert seeds == [], "not owned: nothing to seed"
+            view.owned = True
+            reg.regroup()
+            writes = host1.writes()
+            await reg.sync_once()
+            assert seeds == [("api", State.UP)]
+            assert host1.writes() == writes, "nothing written before a probe of this run"
+            reg.observe(svc, State.UP)
+            await reg.sync_once()
+            assert host1.passing("api") == ["api"]
+            assert host1.services["api"].meta["agent-id"] == "m1"
+
+
+def _owning(agent_id: str) -> Handover:
+    view = Handover(agent_id, {agent_id})
+    view.owned = True
+    return view
