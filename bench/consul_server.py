@@ -3,7 +3,7 @@
 The benchmarks run it apart from the agent so that its CPU is not charged to the agent.
 It prints ``READY <consul_port> <stats_port>``; ``GET /stats`` on the stats port answers
 ``{"requests": {"PUT /v1/agent/service/register": n, ...}, "writes": n, "services": [ids],
-"owners": {id: agent-id}}``.
+"owners": {id: agent-id}, "checks": {check id: status}}``.
 
     python -m bench.consul_server
 """
@@ -27,11 +27,13 @@ from tests.fakes.consul import FakeConsul  # noqa: E402
 
 
 def stats(consul: FakeConsul) -> dict[str, Any]:
+    consul.evaluate()
     return {
         "requests": {f"{m} {route}": n for (m, route), n in consul.requests.items()},
         "writes": consul.writes(),
         "services": sorted(consul.services),
         "owners": {sid: s.meta.get("agent-id", "") for sid, s in consul.services.items()},
+        "checks": {cid: c.status for cid, c in consul.checks.items()},
         "at": time.monotonic(),
     }
 
