@@ -143,11 +143,20 @@ class ConsulRegistrar:
         entry = self._ledger.entry(service)
         changed = False
         if entry.service is not service and entry.service != service:
-            entry.service, entry.fresh, changed = service, False, True
+            if self._registration(entry.service) != self._registration(service):
+                entry.fresh, changed = False, True
+            entry.service = service
         if entry.desired is not state:
             entry.desired, entry.rejected, changed = state, None, True
         if changed:
             self._ledger.settle(entry)
+            self._wake.set()
+
+    def forget(self, service: ServiceConfig) -> None:
+        """``service`` is no longer configured here: deregister it (when registered, and so
+        ours) in the next pass, and forget it."""
+        if service.id in self._entries:
+            self._ledger.remove(service.id)
             self._wake.set()
 
     def is_registered(self, service_id: str) -> bool:
@@ -242,12 +251,13 @@ class ConsulRegistrar:
             if status is not None and differs(svc, self._payload(entry, status)):
                 entry.fresh = False
             self._ledger.settle(entry)
-        for sid, entry in self._entries.items():
+        for sid, entry in list(self._entries.items()):
             entry.rejected = None
             if sid not in ours and entry.registered:
                 self._ledger.set_registered(entry, False)
                 entry.next_beat_at = None
             self._ledger.settle(entry)
+            self._ledger.drop_if_removed(entry)
         self._resync_pending = False
         self._next_resync_at = self._clock() + self._config.resync_interval_s
         self._last_sync_at = utcnow()
@@ -276,6 +286,7 @@ class ConsulRegistrar:
         except ConsulError as exc:
             self._rejected(entry, exc)
         self._ledger.settle(entry)
+        self._ledger.drop_if_removed(entry)
 
     async def _apply_once(self, entry: Entry) -> None:
         service_id = entry.service.id
@@ -296,7 +307,8 @@ class ConsulRegistrar:
             await self._op("deregister", self._client.deregister_service(service_id))
             self._ledger.set_registered(entry, False)
             entry.status = entry.next_beat_at = None
-            self._note("consul_deregistered", service_id=service_id, reason="down")
+            reason = "not configured" if entry.removed else "down"
+            self._note("consul_deregistered", service_id=service_id, reason=reason)
 
     async def _heartbeats(self) -> None:
         """Send up to ``BEATS_PER_PASS`` heartbeats due by now + ``BEAT_EARLY_S``,
@@ -348,6 +360,10 @@ class ConsulRegistrar:
         self._ledger.settle(entry)
 
     # --- helpers -------------------------------------------------------------------------
+    def _registration(self, service: ServiceConfig) -> dict[str, Any]:
+        """What Consul would hold for ``service`` (its check status aside)."""
+        return registration_payload(service, self._agent_id, self._config, "passing")
+
     def _payload(self, entry: Entry, status: CheckStatus) -> dict[str, Any]:
         return registration_payload(entry.service, self._agent_id, self._config, status)
 
