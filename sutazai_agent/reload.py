@@ -1,0 +1,113 @@
+"""Live configuration: re-read the configuration and apply it, one reload at a time.
+
+``Reloader.reload()`` loads the configuration again (the same file and the environment, in
+a worker thread), and either applies it through the agent's ``apply`` callable or, when it
+is invalid, changes nothing: one ``config_reload_failed`` line naming the field, and
+``config_last_reload_successful`` 0. Reloads are serialized by a lock; the SIGHUP handler
+and ``POST /-/reload`` both come here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from sutazai_agent.config import AgentConfig, ConfigDiff, ConfigError
+from sutazai_agent.web.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+NAMES_LOGGED = 20
+"""Service names listed per kind of change in the log line (the counts are always whole)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    ok: bool
+    duration_s: float
+    diff: ConfigDiff | None = None
+    error: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """The answer of ``POST /-/reload``."""
+        if self.diff is None:
+            return {"status": "failed", "error": self.error}
+        services = self.diff.services
+        return {
+            "status": "applied",
+            "added": list(services.added),
+            "removed": list(services.removed),
+            "changed": list(services.changed),
+            "unchanged": len(services.unchanged),
+            "applied_keys": list(self.diff.applied_keys),
+            "restart_required": list(self.diff.restart_keys),
+            "duration_ms": round(self.duration_s * 1000, 3),
+        }
+
+
+class Reloader:
+    def __init__(
+        self,
+        load: Callable[[], AgentConfig],
+        apply: Callable[[AgentConfig], ConfigDiff],
+        metrics: Metrics,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._load = load
+        self._apply = apply
+        self._metrics = metrics
+        self._wall_clock = wall_clock
+        self._lock = asyncio.Lock()
+        self.succeeded()
+
+    def succeeded(self) -> None:
+        """The configuration in use was loaded successfully just now (start or reload)."""
+        self._metrics.config_last_reload_successful.set(1)
+        self._metrics.config_last_reload_success_timestamp.set(self._wall_clock())
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Load and apply the configuration; concurrent calls run one after the other."""
+        async with self._lock:
+            started = time.monotonic()
+            try:
+                new = await asyncio.to_thread(self._load)
+            except ConfigError as exc:
+                reason = str(exc) or type(exc).__name__
+            else:
+                reason = ""
+            if reason:
+                self._metrics.config_last_reload_successful.set(0)
+                log.error("config_reload_failed", trigger=trigger, reason=reason)
+                return ReloadResult(False, time.monotonic() - started, error=reason)
+            diff = self._apply(new)
+            duration_s = time.monotonic() - started
+            self.succeeded()
+            _log_applied(trigger, diff, duration_s)
+            return ReloadResult(True, duration_s, diff)
+
+
+def _log_applied(trigger: str, diff: ConfigDiff, duration_s: float) -> None:
+    services = diff.services
+    fields: dict[str, Any] = {
+        "trigger": trigger,
+        "duration_ms": round(duration_s * 1000, 3),
+        "unchanged": len(services.unchanged),
+    }
+    for kind in ("added", "removed", "changed"):
+        names: tuple[str, ...] = getattr(services, kind)
+        fields[kind] = len(names)
+        if names:
+            fields[f"{kind}_names"] = list(names[:NAMES_LOGGED])
+    if diff.applied_keys:
+        fields["applied_keys"] = list(diff.applied_keys)
+    log.info("config_reloaded", **fields)
+    if diff.restart_keys:
+        log.warning(
+            "config_restart_required",
+            keys=list(diff.restart_keys),
+            action="the running values are kept until the agent restarts",
+        )
