@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sutazai_agent.config.schema import AgentConfig, ServiceConfig
+from sutazai_agent.config.schema import AgentConfig
+from sutazai_agent.config.services import ServiceConfig
 
 RESTART_KEYS = (
     "agent_id",
