@@ -31,6 +31,7 @@ from sutazai_agent import __version__
 from sutazai_agent.config import (
     AgentConfig,
     ConfigDiff,
+    ConfigError,
     ServiceConfig,
     ServiceDiff,
     ServiceSpec,
@@ -246,31 +247,39 @@ class Agent:
         return self._load()
 
     def apply_config(self, new: AgentConfig) -> ConfigDiff:
-        """Run ``new`` from now on, except the keys that need a restart (reported)."""
+        """Run ``new`` from now on, except the keys that need a restart (reported). Raises
+        ``ConfigError``, having changed nothing, when a service's probe cannot be built."""
         keys = diff_config(self.config, new)
-        self.config = applicable(self.config, new, keys.restart_keys)
-        services = self.apply_services()
+        effective = applicable(self.config, new, keys.restart_keys)
+        services = self.apply_services(effective)
+        self.config = effective
         if self._on_config is not None:
-            self._on_config(self.config)
+            self._on_config(effective)
         return ConfigDiff(services, keys.applied_keys, keys.restart_keys)
 
-    def apply_services(self) -> ServiceDiff:
+    def apply_services(self, config: AgentConfig | None = None) -> ServiceDiff:
         """Bring the probed services in line with ``select(config)``: start the new ones
         (splayed within their interval), forget the removed ones, apply changed settings.
-        Unchanged services keep their state, sequence and schedule."""
+        Unchanged services keep their state, sequence and schedule. Every new probe is
+        built before anything changes, so a probe that cannot be built changes nothing."""
         monitor = self._monitor
         if monitor is None:
             raise RuntimeError("the agent has not started")
-        wanted = service_specs(self.config, self._select(self.config))
+        wanted = service_specs(config or self.config, self._select(config or self.config))
         diff = diff_services(self._specs, wanted)
+        jobs = {}
+        for name in (*diff.changed, *diff.added):
+            try:
+                jobs[name] = self._job(wanted[name])
+            except (ValueError, ConfigError) as exc:
+                raise ConfigError(f"services.{name}: {exc}") from None
         for name in diff.removed:
             self.scheduler.remove(name)
         monitor.remove(diff.removed)
         monitor.update(wanted[name] for name in diff.changed)
         monitor.add(wanted[name] for name in diff.added)
-        for name in (*diff.changed, *diff.added):
-            spec = wanted[name]
-            self.scheduler.replace(name, spec.interval_s, self._job(spec))
+        for name, job in jobs.items():
+            self.scheduler.replace(name, wanted[name].interval_s, job)
         self._specs = wanted
         return diff
 

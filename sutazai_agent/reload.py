@@ -3,8 +3,9 @@
 ``Reloader.reload()`` loads the configuration again (the same file and the environment, in
 a worker thread), and either applies it through the agent's ``apply`` callable or, when it
 is invalid, changes nothing: one ``config_reload_failed`` line naming the field, and
-``config_last_reload_successful`` 0. Reloads are serialized by a lock; the SIGHUP handler
-and ``POST /-/reload`` both come here.
+``config_last_reload_successful`` 0. ``apply`` raises ``ConfigError`` (having changed
+nothing) for what only applying finds, e.g. a probe that cannot be built. Reloads are
+serialized by a lock; the SIGHUP handler and ``POST /-/reload`` both come here.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Reloader:
         async with self._lock:
             started = time.monotonic()
             try:
-                new = await asyncio.to_thread(self._load)
+                diff = self._apply(await asyncio.to_thread(self._load))
             except ConfigError as exc:
                 reason = str(exc) or type(exc).__name__
             else:
@@ -83,7 +84,6 @@ class Reloader:
                 self._metrics.config_last_reload_successful.set(0)
                 log.error("config_reload_failed", trigger=trigger, reason=reason)
                 return ReloadResult(False, time.monotonic() - started, error=reason)
-            diff = self._apply(new)
             duration_s = time.monotonic() - started
             self.succeeded()
             _log_applied(trigger, diff, duration_s)

@@ -131,3 +131,19 @@ async def test_the_reload_endpoint_answers_post_only() -> None:
         assert (await client.get("/-/reload")).status == 405
         assert (await client.put("/-/reload")).status == 405
     assert view.triggers == ["http", "http"]
+
+
+async def test_a_config_error_found_while_applying_is_a_failed_reload(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"services": [TCP]}))
+
+    def refuse(_: AgentConfig) -> ConfigDiff:
+        raise config.ConfigError("services.db: the 'postgres' extra is not installed")
+
+    metrics = Metrics()
+    with capture_logs() as logs:
+        result = await Reloader(lambda: config.load(path), refuse, metrics).reload("SIGHUP")
+    assert not result.ok
+    assert gauge(metrics, "config_last_reload_successful") == 0
+    assert [line["event"] for line in logs] == ["config_reload_failed"]
+    assert "services.db" in logs[0]["reason"]
