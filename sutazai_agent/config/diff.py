@@ -57,7 +57,7 @@ class ServiceSpec:
             other.timeout_s,
             other.rise,
             other.fall,
-        ) and _own(self.service) == _own(other.service)
+        ) and (self.service == other.service or _own(self.service) == _own(other.service))
 
 
 _INHERITED = {"interval_s": None, "timeout_s": None, "rise": None, "fall": None}
