@@ -75,7 +75,9 @@ class Reloader:
         async with self._lock:
             started = time.monotonic()
             try:
-                diff = self._apply(await asyncio.to_thread(self._load))
+                new = await asyncio.to_thread(self._load)
+                loaded = time.monotonic()
+                diff = self._apply(new)
             except ConfigError as exc:
                 reason = str(exc) or type(exc).__name__
             else:
@@ -84,17 +86,19 @@ class Reloader:
                 self._metrics.config_last_reload_successful.set(0)
                 log.error("config_reload_failed", trigger=trigger, reason=reason)
                 return ReloadResult(False, time.monotonic() - started, error=reason)
-            duration_s = time.monotonic() - started
+            done = time.monotonic()
+            duration_s = done - started
             self.succeeded()
-            _log_applied(trigger, diff, duration_s)
+            _log_applied(trigger, diff, duration_s, done - loaded)
             return ReloadResult(True, duration_s, diff)
 
 
-def _log_applied(trigger: str, diff: ConfigDiff, duration_s: float) -> None:
+def _log_applied(trigger: str, diff: ConfigDiff, duration_s: float, apply_s: float) -> None:
     services = diff.services
     fields: dict[str, Any] = {
         "trigger": trigger,
         "duration_ms": round(duration_s * 1000, 3),
+        "apply_ms": round(apply_s * 1000, 3),
         "unchanged": len(services.unchanged),
     }
     for kind in ("added", "removed", "changed"):
