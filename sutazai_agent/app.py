@@ -78,9 +78,10 @@ class Agent:
         on_config: Callable[[AgentConfig], None] | None = None,
         select: Callable[[AgentConfig], Sequence[ServiceConfig]] = all_services,
     ) -> None:
-        """``load`` reads the configuration again for a reload (without it, a reload loads
-        nothing and reports so); ``on_config`` sees each configuration applied (the CLI
-        re-configures logging with it); ``select`` picks the services this agent runs."""
+        """``load`` reads the configuration again for a reload (without it, a reload finds
+        the configuration in use, so nothing changes); ``on_config`` sees each configuration
+        applied (the CLI re-configures logging with it); ``select`` picks the services this
+        agent runs."""
         self.config = config
         self._clock = clock
         self._load = load
@@ -157,13 +158,13 @@ class Agent:
                     f"state_dir: cannot open the outbox in {config.state_dir}: {os_reason(exc)}"
                 ) from None
             consul = await stack.enter_async_context(ConsulClient(config.consul))
+            selected = self._select(config)
             registrar = ConsulRegistrar(
-                consul, config.consul, config.agent_id, config.services, self.metrics, self._clock
+                consul, config.consul, config.agent_id, selected, self.metrics, self._clock
             )
             publisher = await stack.enter_async_context(
                 RabbitPublisher(config.rabbitmq, config.agent_id, outbox, self.metrics)
             )
-            selected = self._select(config)
             monitor = Monitor(config, outbox, registrar, publisher, self.metrics, services=selected)
             self._outbox, self._registrar, self._publisher = outbox, registrar, publisher
             self._monitor = monitor
