@@ -5,7 +5,8 @@ a worker thread), and either applies it through the agent's ``apply`` callable o
 is invalid, changes nothing: one ``config_reload_failed`` line naming the field, and
 ``config_last_reload_successful`` 0. ``apply`` raises ``ConfigError`` (having changed
 nothing) for what only applying finds, e.g. a probe that cannot be built. Reloads are
-serialized by a lock; the SIGHUP handler and ``POST /-/reload`` both come here.
+serialized by a lock, and the calls made while one waits to start share it; the SIGHUP
+handler and ``POST /-/reload`` both come here.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Reloader:
         self._metrics = metrics
         self._wall_clock = wall_clock
         self._lock = asyncio.Lock()
+        self._waiting: asyncio.Task[ReloadResult] | None = None
+        """A reload asked for but not started yet: later requests share it."""
         self.succeeded()
 
     def succeeded(self) -> None:
@@ -71,8 +74,18 @@ class Reloader:
         self._metrics.config_last_reload_success_timestamp.set(self._wall_clock())
 
     async def reload(self, trigger: str) -> ReloadResult:
-        """Load and apply the configuration; concurrent calls run one after the other."""
+        """Load and apply the configuration, starting after this call. Reloads run one at a
+        time, and every call made while one is waiting to start shares that one: a flood of
+        requests costs at most the reload running and one more."""
+        task = self._waiting
+        if task is None:
+            task = self._waiting = asyncio.create_task(self._reload(trigger), name="reload")
+        # A caller that goes away (an HTTP client hanging up) does not cancel the reload.
+        return await asyncio.shield(task)
+
+    async def _reload(self, trigger: str) -> ReloadResult:
         async with self._lock:
+            self._waiting = None  # from now on a request wants a reload after this one
             started = time.monotonic()
             try:
                 new = await asyncio.to_thread(self._load)

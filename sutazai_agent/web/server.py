@@ -1,10 +1,10 @@
 """The agent's own HTTP endpoints: /metrics, /healthz, /readyz, /status, POST /-/reload.
 
 They read in-memory state only, so they keep answering while Consul, the broker or every
-target is down. ``/-/reload`` (Prometheus' convention) answers POST only; reloads are
-serialized by the agent, so a flood of requests costs one reload after another, each a
-re-read of the file. Operators should not expose the agent's port beyond the hosts that
-scrape it (docs/deployment.md).
+target is down. ``/-/reload`` (Prometheus' convention) answers POST only; the agent runs
+one reload at a time and requests arriving meanwhile share the next one, so a flood of
+requests costs two reloads, not one each. The port has no authentication: operators should
+not expose it beyond the hosts that scrape it (docs/deployment.md).
 """
 
 from __future__ import annotations

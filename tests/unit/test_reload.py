@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,11 @@ def gauge(metrics: Metrics, name: str) -> float | None:
 class Applier:
     def __init__(self) -> None:
         self.applied: list[AgentConfig] = []
+        self.done = asyncio.Event()
 
     def __call__(self, new: AgentConfig) -> ConfigDiff:
         self.applied.append(new)
+        self.done.set()
         return ConfigDiff(ServiceDiff(added=("db",)), ("rise",), ("http",))
 
 
@@ -83,28 +84,52 @@ async def test_a_valid_file_is_applied_and_summarized(tmp_path: Path) -> None:
     assert events == [("config_reloaded", "info"), ("config_restart_required", "warning")]
 
 
-async def test_concurrent_reloads_run_one_after_the_other(tmp_path: Path) -> None:
+async def test_reloads_run_one_at_a_time_and_waiting_requests_share_one(tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump({"services": [TCP]}))
     inside = 0
     peak = 0
+    loading = asyncio.Event()
+    proceed = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
     def slow_load() -> AgentConfig:
         nonlocal inside, peak
         inside += 1
         peak = max(peak, inside)
         try:
-            time.sleep(0.02)  # in the loader's worker thread
+            loop.call_soon_threadsafe(loading.set)
+            asyncio.run_coroutine_threadsafe(proceed.wait(), loop).result(5)
             return config.load(path)
         finally:
             inside -= 1
 
     applier = Applier()
     reloader = Reloader(slow_load, applier, Metrics())
-    results = await asyncio.gather(*(reloader.reload("http") for _ in range(5)))
+    first = asyncio.create_task(reloader.reload("http"))
+    await loading.wait()  # the first reload is running (reading the file)
+    # Ten more requests meanwhile: they all want a reload after the running one, and share it.
+    later = [asyncio.create_task(reloader.reload("http")) for _ in range(10)]
+    await asyncio.sleep(0)
+    proceed.set()
+    results = await asyncio.gather(first, *later)
     assert all(r.ok for r in results)
     assert peak == 1
-    assert len(applier.applied) == 5
+    assert len(applier.applied) == 2
+    assert len({id(r) for r in results[1:]}) == 1  # one result for the ten
+
+
+async def test_a_caller_going_away_does_not_cancel_the_reload(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"services": [TCP]}))
+    applier = Applier()
+    reloader = reloader_for(path, applier, Metrics())
+    caller = asyncio.create_task(reloader.reload("http"))
+    await asyncio.sleep(0)
+    caller.cancel()
+    async with asyncio.timeout(5):
+        await applier.done.wait()
+    assert caller.cancelled()
 
 
 class ReloadView(View):
