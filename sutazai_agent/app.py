@@ -41,6 +41,8 @@ from sutazai_agent.config import (
     service_specs,
 )
 from sutazai_agent.consul.client import ConsulClient
+from sutazai_agent.consul.group import Membership
+from sutazai_agent.consul.kv import ConsulKv
 from sutazai_agent.consul.registrar import ConsulRegistrar
 from sutazai_agent.core.model import ProbeResult, format_time, os_reason, utcnow
 from sutazai_agent.core.protocols import Clock, Probe
@@ -91,6 +93,7 @@ class Agent:
         self._session: aiohttp.ClientSession | None = None
         self._reload_tasks: set[asyncio.Task[Any]] = set()
         self._started = asyncio.Event()
+        self._ready = False
         self.metrics = Metrics(probe_buckets_s=config.metrics.probe_duration_buckets_s)
         self.started_at = utcnow()
         self.scheduler = Scheduler(
@@ -100,6 +103,7 @@ class Agent:
         self._exit_code = 0
         self._monitor: Monitor | None = None
         self._registrar: ConsulRegistrar | None = None
+        self._membership: Membership | None = None
         self._publisher: RabbitPublisher | None = None
         self._outbox: SqliteOutbox | None = None
         self.http_port: int | None = None
@@ -159,8 +163,23 @@ class Agent:
                 ) from None
             consul = await stack.enter_async_context(ConsulClient(config.consul))
             selected = self._select(config)
+            membership = Membership(
+                ConsulKv(consul),
+                config.agent_id,
+                config.group,
+                config.consul.ttl_s,
+                on_change=self._regroup,
+            )
+            self._membership = membership
+            stack.push_async_callback(membership.close)
             registrar = ConsulRegistrar(
-                consul, config.consul, config.agent_id, selected, self.metrics, self._clock
+                consul,
+                config.consul,
+                config.agent_id,
+                selected,
+                self.metrics,
+                self._clock,
+                ownership=membership,
             )
             publisher = await stack.enter_async_context(
                 RabbitPublisher(config.rabbitmq, config.agent_id, outbox, self.metrics)
@@ -199,6 +218,11 @@ class Agent:
         self._background = {
             asyncio.create_task(monitor.run(), name="outbox-writer"),
             asyncio.create_task(registrar.run(), name="registrar"),
+            *(
+                [asyncio.create_task(self._membership.run(), name="membership")]
+                if self._membership is not None
+                else []
+            ),
             asyncio.create_task(publisher.run(), name="publisher"),
         }
         done, _ = await asyncio.wait(
@@ -230,6 +254,8 @@ class Agent:
         name = service.name
 
         async def job() -> None:
+            if self._membership is not None and not self._membership.owns(name):
+                return  # another member's (or the holder's, as standby): probe nothing
             result: ProbeResult = await run_probe(probe, timeout_s)
             monitor.record(name, result, service)
 
@@ -282,6 +308,7 @@ class Agent:
         for name, job in jobs.items():
             self.scheduler.replace(name, wanted[name].interval_s, job)
         self._specs = wanted
+        self._regroup()  # who owns the added services, and the owned count
         return diff
 
     # --- what the endpoints show ---------------------------------------------------------
@@ -289,8 +316,50 @@ class Agent:
         tick = self.scheduler.last_tick
         return tick is not None and self._clock() - tick < STALL_S
 
+    def _regroup(self) -> None:
+        """The role or the group's members changed: act on what this agent owns now."""
+        membership = self._membership
+        if membership is None:
+            return
+        if self._registrar is not None:
+            self._registrar.regroup()
+        if membership.role == "standby":
+            self._ready = False
+        owned = sum(membership.owns(name) for name in self._specs)
+        self.metrics.group_members.set(len(membership.members))
+        self.metrics.owned_services.set(owned)
+
     def ready(self) -> bool:
-        return self._monitor is not None and self._monitor.ready()
+        membership, monitor = self._membership, self._monitor
+        if monitor is None or membership is None:
+            return False
+        if membership.role == "standby":
+            self._ready = False  # taking over later needs a probe cycle again
+            return False
+        if not self._ready:
+            # Once every owned service has had a result; a service a reload (or a handover)
+            # adds later does not make a running agent unready.
+            self._ready = all(
+                view.last is not None
+                for name, view in monitor.views.items()
+                if membership.owns(name)
+            )
+        return self._ready
+
+    def _consul_status(self) -> dict[str, Any]:
+        status = {} if self._registrar is None else self._registrar.status()
+        if self._membership is not None and not status.get("last_error"):
+            status["last_error"] = self._membership.last_error
+        return status
+
+    def _services(self) -> list[dict[str, Any]]:
+        if self._monitor is None:
+            return []
+        services = self._monitor.snapshot()
+        if self._membership is not None:
+            for service in services:
+                service["owner"] = self._membership.owner(service["name"])
+        return services
 
     def status(self) -> dict[str, Any]:
         tick = self.scheduler.last_tick
@@ -299,9 +368,10 @@ class Agent:
                 "id": self.config.agent_id,
                 "version": __version__,
                 "started_at": format_time(self.started_at),
+                **({} if self._membership is None else self._membership.status()),
             },
-            "services": [] if self._monitor is None else self._monitor.snapshot(),
-            "consul": {} if self._registrar is None else self._registrar.status(),
+            "services": self._services(),
+            "consul": self._consul_status(),
             "rabbitmq": {} if self._publisher is None else self._publisher.status(),
             "outbox": {}
             if self._outbox is None
