@@ -19,6 +19,7 @@ from sutazai_agent.config.services import ServiceConfig
 
 RESTART_KEYS = (
     "agent_id",
+    "group",
     "http",
     "state_dir",
     "consul",
@@ -27,10 +28,12 @@ RESTART_KEYS = (
     "metrics",
     "max_concurrency",
 )
-"""Top-level keys a running agent cannot apply: its identity, its listener and its state
-directory (DESIGN.md), and what its long-lived parts are built from at start (the Consul
-client and registrar, the RabbitMQ publisher, the outbox, the metric buckets, the
-scheduler's concurrency bound). A reload reports them and keeps the running values."""
+"""Top-level keys a running agent cannot apply: its identity, its group (the membership and
+its Consul session), its listener and its state directory (DESIGN.md), and what its
+long-lived parts are built from at start (the Consul client and registrar, the RabbitMQ
+publisher, the outbox, the metric buckets, the scheduler's concurrency bound). A reload
+reports them and keeps the running values. A key not listed in either tuple (a new one)
+needs a restart until someone makes it reloadable."""
 APPLIED_KEYS = ("interval_s", "timeout_s", "rise", "fall", "services", "log", "shutdown_grace_s")
 """Top-level keys a reload applies."""
 

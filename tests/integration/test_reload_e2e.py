@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 import yaml
 
+from sutazai_agent.core.rendezvous import owner
 from tests.fakes.consul import FakeConsul
 from tests.integration.agent_process import AgentProcess, eventually
 from tests.integration.conftest import EventTap, HttpTarget, TcpTarget, agent_config
@@ -158,3 +159,49 @@ async def test_invalid_file_changes_nothing_and_the_endpoint_reports_it(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+@pytest.mark.timeout(115)
+async def test_a_reload_in_a_group_recomputes_who_owns_what(
+    tmp_path: Path, tap: EventTap, tcp_target: TcpTarget
+) -> None:
+    def service(name: str) -> dict[str, Any]:
+        return {"name": name, "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port}
+
+    before = [f"old-{i}" for i in range(6)]
+    after = before[2:] + [f"new-{i}" for i in range(8)]
+    ids = ["m1", "m2"]
+    async with FakeConsul() as consul:
+        agents = []
+        for agent_id in ids:
+            (tmp_path / agent_id).mkdir()
+            cfg = agent_config(consul, tap, [service(n) for n in before], ttl_s=10.0)
+            cfg.update(agent_id=agent_id, group="g")
+            agents.append(AgentProcess(cfg, tmp_path / agent_id))
+        for agent in agents:
+            agent.start()
+        try:
+
+            async def split(names: list[str]) -> bool:
+                by = {sid: s.meta.get("agent-id", "") for sid, s in consul.services.items()}
+                return by == {n: owner(n, ids) for n in names}
+
+            await eventually(lambda: split(before), 40, agents[0].log_tail())
+            for agent in agents:
+                rewrite(agent, services=[service(n) for n in after])
+                agent.signal(signal.SIGHUP)
+            await eventually(lambda: split(after), 30, agents[0].log_tail())
+            for agent, agent_id in zip(agents, ids, strict=True):
+                status = await agent.status()
+                assert {s["name"]: s["owner"] for s in status["services"]} == {
+                    n: owner(n, ids) for n in after
+                }
+                owned = sum(owner(n, ids) == agent_id for n in after)
+                metrics = await agent.metrics()
+                assert f"sutazai_agent_owned_services {float(owned)}" in metrics
+                assert not events(agent, "consul_registration_conflict")
+            for agent in agents:
+                assert agent.stop() == 0, agent.log_tail()
+        finally:
+            for agent in agents:
+                agent.kill()
