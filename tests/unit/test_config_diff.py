@@ -42,6 +42,7 @@ CASES: list[tuple[str, dict[str, Any], tuple[str, ...], tuple[str, ...], tuple[s
     ("inherited rise", {"rise": 3}, (), (), ("web", "db", "mq"), ("rise",), ()),
     ("log level", {"log": {"level": "debug"}}, (), (), (), ("log",), ()),
     ("agent id", {"agent_id": "b"}, (), (), (), (), ("agent_id",)),
+    ("group", {"group": "g"}, (), (), (), (), ("group",)),
     ("listener", {"http": {"port": 1}}, (), (), (), (), ("http",)),
     ("state dir", {"state_dir": "/elsewhere"}, (), (), (), (), ("state_dir",)),
     ("consul", {"consul": {"url": "http://consul:8500"}}, (), (), (), (), ("consul",)),
