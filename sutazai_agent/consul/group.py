@@ -101,6 +101,11 @@ class Membership:
             return True
         return self.owner(service_name) == self.agent_id
 
+    def knows_members(self) -> bool:
+        """Whether this agent knows what it owns: alone, always; in a group, once it has
+        read the members."""
+        return not self.group or self._members_known
+
     def can_write(self) -> bool:
         """Whether this agent may write to Consul: it holds its lock, and its session is
         surely alive (renewed within one TTL)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -206,9 +206,14 @@ class Entry:
     """This agent just came to own the service: the next resync reports what Consul shows."""
     keep_down: bool = False
     """``consul.on_down: critical``: a down service stays registered, its check critical."""
+    removed: bool = False
+    """No longer configured (a reload): deregistered if registered (and so ours), then
+    dropped."""
 
     def change(self) -> Literal["register", "check_update", "deregister"] | None:
         """The write that brings Consul to the desired state, if any."""
+        if self.removed:
+            return "deregister" if self.registered else None
         if not self.owned or self.foreign is not None:
             return None
         status = self.check_status()
@@ -301,14 +306,39 @@ class Ledger:
         self.keep_down = keep_down
         self.entries = {s.id: Entry(s, keep_down=keep_down) for s in services if s.register_service}
         self.pending: dict[str, None] = {}
-        self.beats = BeatSchedule(lambda service_id: self.entries[service_id].beat_due())
+        self.beats = BeatSchedule(self._beat_due)
         self.registered = 0
+
+    def _beat_due(self, service_id: str) -> float | None:
+        entry = self.entries.get(service_id)
+        return None if entry is None else entry.beat_due()
 
     def entry(self, service: ServiceConfig) -> Entry:
         found = self.entries.get(service.id)
-        if found is None:
-            found = self.entries[service.id] = Entry(service, keep_down=self.keep_down)
+        if found is None or found.removed:
+            # A removed entry still waiting for its deregistration is replaced: the service
+            # is configured again, so its registration is wanted after all.
+            registered = found is not None and found.registered  # already counted
+            found = self.entries[service.id] = Entry(
+                service, registered=registered, keep_down=self.keep_down
+            )
         return found
+
+    def remove(self, service_id: str) -> None:
+        """Mark an entry removed: it is deregistered when registered, and dropped once it is
+        not (``drop_if_removed``)."""
+        entry = self.entries.get(service_id)
+        if entry is None:
+            return
+        entry.removed, entry.status, entry.next_beat_at = True, None, None
+        self.settle(entry)
+        self.drop_if_removed(entry)
+
+    def drop_if_removed(self, entry: Entry) -> None:
+        if entry.removed and not entry.registered:
+            self.pending.pop(entry.service.id, None)
+            if self.entries.get(entry.service.id) is entry:
+                del self.entries[entry.service.id]
 
     def settle(self, entry: Entry) -> None:
         """File ``entry`` under pending changes, or take it out, after it changed."""
@@ -327,46 +357,6 @@ class Ledger:
     def schedule_beat(self, entry: Entry, due: float) -> None:
         entry.next_beat_at = due
         self.beats.push(due, entry.service.id)
-
-
-def pass_summary(items: Sequence[Mapping[str, Any]], limit: int) -> dict[str, Any]:
-    """One log line for many changes of one kind: the count, the first ids, the common
-    values of ``status``/``reason``/``action`` (a sorted list when they differ)."""
-    summary: dict[str, Any] = {
-        "count": len(items),
-        "service_ids": [f["service_id"] for f in items[:limit]],
-    }
-    for key in ("status", "reason", "action"):
-        values = sorted({str(f[key]) for f in items if key in f})
-        if values:
-            summary[key] = values[0] if len(values) == 1 else values
-    return summary
-
-
-class PassLog:
-    """The changes of one registrar pass, logged at its end: one line each, or, past
-    ``limit`` changes of one kind, one summary line (``pass_summary``) with each at debug."""
-
-    def __init__(self, limit: int, warnings: frozenset[str]) -> None:
-        self.limit = limit
-        self.warnings = warnings
-        self._notes: dict[str, list[dict[str, Any]]] = {}
-
-    def note(self, event: str, fields: dict[str, Any]) -> None:
-        self._notes.setdefault(event, []).append(fields)
-
-    def drain(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """The ``(level, event, fields)`` lines to log, and forget them."""
-        notes, self._notes = self._notes, {}
-        lines: list[tuple[str, str, dict[str, Any]]] = []
-        for event, items in notes.items():
-            level = "warning" if event in self.warnings else "info"
-            if len(items) <= self.limit:
-                lines.extend((level, event, fields) for fields in items)
-                continue
-            lines.extend(("debug", event, fields) for fields in items)
-            lines.append((level, event, pass_summary(items, self.limit)))
-        return lines
 
 
 OUTAGE_LOG: dict[str, tuple[str, str, dict[str, str]]] = {

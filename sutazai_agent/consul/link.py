@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from sutazai_agent.consul.client import ConsulError, ConsulUnavailableError
-from sutazai_agent.consul.ledger import OUTAGE_LOG, outage_kind
+from sutazai_agent.consul.ledger import OUTAGE_LOG, Entry, outage_kind
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.outage import Outage
 from sutazai_agent.core.protocols import Clock
@@ -81,6 +81,20 @@ class Link:
             exc_info=True,
         )
         return delay_s
+
+    def rejected(self, entry: Entry, exc: ConsulError) -> None:
+        """Consul refused ``entry``'s write (4xx): logged once per message, retried at the
+        next anti-entropy."""
+        message = str(exc)
+        if entry.rejected != message:
+            self._log.error(
+                "consul_registration_rejected",
+                service_id=entry.service.id,
+                error=message,
+                action="will retry at the next resync",
+            )
+        entry.rejected = message
+        self.last_error = message
 
     def _back_off(self) -> float:
         delay_s = self._backoff.next()

@@ -126,6 +126,21 @@ class Reconciler:
             )
         self.conflicts[sid] = owner
 
+    def regroup(self) -> None:
+        """Stop acting on what this agent no longer owns (its registrations stay for the new
+        owner to take over); for what it now owns, report at the next resync what Consul
+        shows (``on_seed``) and write nothing before a probe of this run (``observe``)."""
+        for entry in list(self._ledger.entries.values()):
+            owned = self._owners.owns(entry.service.name)
+            if owned is entry.owned:
+                continue
+            entry.owned, entry.seed, entry.desired = owned, owned, State.UNKNOWN
+            if not owned:
+                self._ledger.set_registered(entry, False)
+                entry.status = entry.next_beat_at = None
+            self._ledger.settle(entry)
+            self._ledger.drop_if_removed(entry)
+
     async def still_ours(self, entry: Entry) -> bool:
         """Look before a register or deregister: is the ID free, ours, or ours to take?"""
         listed = await self._op("get", self._client.agent_service(entry.service.id))
@@ -154,7 +169,7 @@ class Reconciler:
                     self._note("consul_deregistered", service_id=sid, reason="not configured")
                 continue
             found[sid] = svc
-        for sid, entry in entries.items():
+        for sid, entry in list(entries.items()):
             entry.rejected = None
             if sid in found:
                 if entry.foreign is not None:
@@ -171,6 +186,7 @@ class Reconciler:
                 entry.foreign = None
                 self.conflicts.pop(sid, None)
             self._ledger.settle(entry)
+            self._ledger.drop_if_removed(entry)
         await self._seed(found)
 
     async def _seed(self, found: dict[str, AgentService]) -> None:

@@ -51,13 +51,13 @@ from sutazai_agent.consul.ledger import (
     CONSUL_DEREGISTER_FLOOR_S,
     Entry,
     Ledger,
-    PassLog,
     check_id,
     check_output,
     next_beat_at,
     registration_payload,
 )
 from sutazai_agent.consul.link import Link
+from sutazai_agent.consul.passlog import PassLog
 from sutazai_agent.consul.reconcile import Ownership, Reconciler, Seed, SoleOwner
 from sutazai_agent.core.model import State, format_optional_time, utcnow
 from sutazai_agent.core.protocols import Clock
@@ -148,11 +148,20 @@ class ConsulRegistrar:
         entry = self._ledger.entry(service)
         changed = False
         if entry.service is not service and entry.service != service:
-            entry.service, entry.fresh, changed = service, False, True
+            if self._registration(entry.service) != self._registration(service):
+                entry.fresh, changed = False, True
+            entry.service = service
         if entry.desired is not state:
             entry.desired, entry.rejected, changed = state, None, True
         if changed:
             self._ledger.settle(entry)
+            self._wake.set()
+
+    def forget(self, service: ServiceConfig) -> None:
+        """``service`` is no longer configured here: deregister it (when registered, and so
+        ours) in the next pass, and forget it."""
+        if service.id in self._entries:
+            self._ledger.remove(service.id)
             self._wake.set()
 
     def owner(self, service_name: str) -> str | None:
@@ -230,20 +239,9 @@ class ConsulRegistrar:
 
     # --- the three duties ----------------------------------------------------------------
     def regroup(self) -> None:
-        """Ownership changed (a member joined or left, the role changed): stop acting on
-        what this agent no longer owns (its registrations stay for the new owner to take
-        over), and look at Consul before acting on what it now owns: what it shows is
-        reported through ``on_seed``; nothing is written for a service before a probe of
-        this run (``observe``) says what it is."""
-        for entry in self._entries.values():
-            owned = self._owners.owns(entry.service.name)
-            if owned is entry.owned:
-                continue
-            entry.owned, entry.seed, entry.desired = owned, owned, State.UNKNOWN
-            if not owned:
-                self._ledger.set_registered(entry, False)
-                entry.status = entry.next_beat_at = None
-            self._ledger.settle(entry)
+        """Ownership changed (a member joined or left, the role changed): see
+        ``Reconciler.regroup``; then look at Consul before acting."""
+        self._reconciler.regroup()
         self._resync_pending = True
         self._wake.set()
 
@@ -271,12 +269,13 @@ class ConsulRegistrar:
                 self._lost(entry)
                 await self._apply(entry, retry_lost=False)
             else:
-                self._rejected(entry, exc)
+                self._link.rejected(entry, exc)
         except (ConsulUnavailableError, ConsulPermissionError):
             raise
         except ConsulError as exc:
-            self._rejected(entry, exc)
+            self._link.rejected(entry, exc)
         self._ledger.settle(entry)
+        self._ledger.drop_if_removed(entry)
 
     async def _apply_once(self, entry: Entry) -> None:
         service_id = entry.service.id
@@ -299,7 +298,8 @@ class ConsulRegistrar:
             await self._op("deregister", self._client.deregister_service(service_id))
             self._ledger.set_registered(entry, False)
             entry.status = entry.next_beat_at = None
-            self._note("consul_deregistered", service_id=service_id, reason="down")
+            reason = "not configured" if entry.removed else "down"
+            self._note("consul_deregistered", service_id=service_id, reason=reason)
 
     async def _heartbeats(self) -> None:
         """Send up to ``BEATS_PER_PASS`` heartbeats due by now + ``BEAT_EARLY_S``,
@@ -348,7 +348,7 @@ class ConsulRegistrar:
             raise
         except ConsulError as exc:
             self._ledger.schedule_beat(entry, self._clock() + self._beat_interval_s)
-            self._rejected(entry, exc)
+            self._link.rejected(entry, exc)
 
     def _lost(self, entry: Entry) -> None:
         self._note("consul_registration_lost", service_id=entry.service.id, action="re-register")
@@ -358,6 +358,12 @@ class ConsulRegistrar:
         self._ledger.settle(entry)
 
     # --- helpers -------------------------------------------------------------------------
+    def _registration(self, service: ServiceConfig) -> dict[str, Any]:
+        """What Consul would hold for ``service`` (its check status aside)."""
+        return registration_payload(
+            service, self._agent_id, self._config, "passing", self._owners.group
+        )
+
     def _payload(self, entry: Entry, status: CheckStatus) -> dict[str, Any]:
         return registration_payload(
             entry.service, self._agent_id, self._config, status, self._owners.group
@@ -377,18 +383,6 @@ class ConsulRegistrar:
     def _note(self, event: str, **fields: Any) -> None:
         """Log ``event`` at the end of the pass (one line each, or one for many)."""
         self._pass_log.note(event, fields)
-
-    def _rejected(self, entry: Entry, exc: ConsulError) -> None:
-        message = str(exc)
-        if entry.rejected != message:
-            self._log.error(
-                "consul_registration_rejected",
-                service_id=entry.service.id,
-                error=message,
-                action="will retry at the next resync",
-            )
-        entry.rejected = message
-        self._link.last_error = message
 
     def _next_due(self) -> float:
         if self._more_pending:

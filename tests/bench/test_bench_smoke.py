@@ -85,3 +85,15 @@ def test_takeover_smoke_prints_takeover_moves_and_writes() -> None:
     assert len(lines(out, "moved per leave: ")) == 1, out
     assert len(lines(out, "events during the rounds: ")) == 1, out
     assert len(lines(out, "consul writes per agent in steady state: ")) == 1, out
+
+
+def test_reload_smoke_prints_rounds_and_the_summary() -> None:
+    out = smoke("bench.reload")
+    rounds = lines(out, "round ")
+    assert len(rounds) == 2
+    for row in rounds:
+        for figure in ("apply_ms=", "seen_ms=", "skipped=", "added_probed=", "deregistered="):
+            assert figure in row
+    (summary,) = lines(out, "reload ")
+    assert "apply_ms_median=" in summary
+    assert "skipped=" in summary

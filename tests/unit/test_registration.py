@@ -20,7 +20,6 @@ from sutazai_agent.consul.ledger import (
     BeatSchedule,
     Entry,
     Ledger,
-    PassLog,
     check_status,
     differs,
     go_duration,
@@ -31,6 +30,7 @@ from sutazai_agent.consul.ledger import (
     registration_payload,
     seed_state,
 )
+from sutazai_agent.consul.passlog import PassLog
 from sutazai_agent.core.model import State
 
 
