@@ -7,7 +7,9 @@ opens a session of its own and reads response bodies without a bound. This clien
 bounds every body it reads and turns every failure into a ``ConsulError``.
 
 The ACL token travels only in the ``X-Consul-Token`` header: it is never part of a URL, a
-log line or an error message.
+log line or an error message. Redirects are never followed (Consul's API does not redirect,
+and following one would hand the token to whatever origin the ``Location`` names): a 3xx is
+a ``ConsulError`` naming the status.
 """
 
 from __future__ import annotations
@@ -250,7 +252,9 @@ class ConsulClient:
         # A payload carrying its Content-Type: no per-call headers to merge with the session's.
         payload = None if data is None else BytesPayload(data, content_type=JSON_TYPE)
         try:
-            async with session.request(method, url, params=params, data=payload) as response:
+            async with session.request(
+                method, url, params=params, data=payload, allow_redirects=False
+            ) as response:
                 status = response.status
                 raw = await _read_bounded(operation, response)
         except ConsulError:
@@ -261,6 +265,9 @@ class ConsulClient:
             ) from None
         except aiohttp.ClientError as exc:
             raise ConsulUnavailableError(operation, self._scrub(_describe(exc))) from None
+        if 300 <= status < 400:
+            message = f"redirect refused (Consul's API does not redirect): HTTP {status}"
+            raise ConsulError(operation, message, status)
         if status >= 400:
             raise _http_error(operation, status, self._scrub(raw.decode("utf-8", "replace")))
         if not raw.strip():
