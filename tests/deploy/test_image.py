@@ -131,7 +131,7 @@ def test_state_dir_is_a_volume_everywhere_it_is_named() -> None:
 def test_exposed_port_is_the_agents_http_port_and_the_healthcheck_default() -> None:
     assert only(final_stage(), "EXPOSE").args == "10220"
     assert yaml.safe_load(AGENT_CONFIG.read_text(encoding="utf-8"))["http"]["port"] == 10220
-    default_url = cli.parser().parse_args(["healthcheck"]).url
+    default_url = cli.healthcheck_url(config.AgentConfig())
     assert default_url == "http://127.0.0.1:10220/healthz"
 
 
