@@ -61,10 +61,35 @@ PositiveSeconds = Annotated[float, Field(gt=0)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+_QUERY_SECRET = re.compile(
+    r"([?&;][^=&;#\s]*(?:token|passw|pwd|secret|key|signature|auth|credential)[^=&;#\s]*=)"
+    r"[^&;#\s]+",
+    re.IGNORECASE,
+)
+"""A query parameter whose name says it carries a credential (``?access_token=…``,
+``&password=…``, ``api_key=…``), in a URL or in free text."""
+
+
+def redact_query(text: str) -> str:
+    """``?access_token=abc&x=1`` → ``?access_token=***&x=1``, anywhere in ``text``."""
+    return _QUERY_SECRET.sub(r"\1***", text)
+
+
+def query_secrets(url: str) -> list[str]:
+    """The values of the credential-carrying query parameters of ``url``."""
+    return [match.group(0)[len(match.group(1)) :] for match in _QUERY_SECRET.finditer(url)]
+
+
 def redact_url(url: str) -> str:
-    """``amqp://guest:secret@host/`` → ``amqp://guest:***@host/``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``amqp://guest:secret@host/`` → ``amqp://guest:***@host/``; credential-carrying query
+    parameters (``?access_token=s3cret``) → ``?access_token=***``."""
+    url = redact_query(url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if password is None:
         return url
     host = parts.hostname or ""
     if ":" in host:
@@ -410,11 +435,14 @@ class AgentConfig(BaseSettings):
             )
             found.update(v for k, v in getattr(service, "headers", {}).items() if _secret_header(k))
         found.update(p for p in (url_password(u) for u in urls) if p)
+        found.update(secret for url in urls for secret in query_secrets(url))
         return frozenset(s for s in found if len(s) >= 3)
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration as plain data, every secret replaced by ``***``."""
+        """The effective configuration as plain data: every secret that is set shows as
+        ``***``, one that is not set as ``""`` (so an operator sees which are set)."""
         redacted: dict[str, Any] = _redact(self.model_dump(mode="json", by_alias=True))
+        redacted["consul"]["token"] = "***" if self.consul.token.get_secret_value() else ""
         return redacted
 
 
@@ -432,11 +460,8 @@ def _redact(value: Any, key: str = "") -> Any:
         return {k: _redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v, key) for v in value]
-    if isinstance(value, str):
-        if key == "token":
-            return "***" if value and value != "**********" else ""
-        if "://" in value:
-            return redact_url(value)
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
     return value
 
 

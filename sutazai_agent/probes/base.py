@@ -22,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from sutazai_agent import __version__
+from sutazai_agent.config import redact_query
 from sutazai_agent.core.model import Outcome, ProbeResult
 
 if TYPE_CHECKING:
@@ -156,8 +157,9 @@ def seconds(value: float) -> str:
 
 
 def scrub(text: str) -> str:
-    """Hide the password of any URL in ``text`` (``//user:secret@`` → ``//user:***@``)."""
-    return _USERINFO.sub(r"\1:***@", text)
+    """Hide the password of any URL in ``text`` (``//user:secret@`` → ``//user:***@``) and
+    credential-carrying query parameters (``?access_token=…`` → ``?access_token=***``)."""
+    return redact_query(_USERINFO.sub(r"\1:***@", text))
 
 
 def _os_reason(exc: OSError) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sutazai_agent import __version__, cli
+from sutazai_agent import __version__, cli, config
 from tests.deploy.support import (
     AGENT,
     AGENT_CONFIG,
