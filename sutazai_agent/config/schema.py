@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -25,11 +24,31 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from sutazai_agent.config.sources import SourceError, check_environment, read_yaml
 
 ENV_PREFIX = "SUTAZAI_AGENT_"
 CONFIG_ENV = "SUTAZAI_AGENT_CONFIG"
+NON_FIELD_ENV = frozenset({CONFIG_ENV, "SUTAZAI_AGENT_ID"})
+"""Variables with the prefix that are not fields: the config file, and the agent id that
+``deploy/.env`` hands to Compose (which passes it on as ``SUTAZAI_AGENT_AGENT_ID``)."""
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+AGENT_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""``agent_id`` goes into the CloudEvents ``source``, Consul meta and a Consul filter."""
+META_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+META_VALUE_MAX = 512
+META_PAIRS_MAX = 64
+"""Consul's limits on service meta (the agent's own three keys count too)."""
+MIN_INTERVAL_S = 0.1
+"""The shortest probe interval accepted: below it the probes are a load test."""
+MIN_CONSUL_TTL_S = 1.0
+"""Consul's TTL checks have a practical floor of a second (its timers, the heartbeats)."""
 CONSUL_MIN_DEREGISTER_S = 60.0
 PROBE_DURATION_BUCKETS_S = (0.005, 0.025, 0.1, 0.5, 2.5)
 """Default buckets of ``probe_duration_seconds``: 8 series per service (5 + +Inf, sum, count)."""
@@ -58,6 +77,7 @@ def _url(*schemes: str) -> AfterValidator:
 HttpUrl = Annotated[str, _url("http", "https")]
 AmqpUrl = Annotated[str, _url("amqp", "amqps")]
 PositiveSeconds = Annotated[float, Field(gt=0)]
+IntervalSeconds = Annotated[float, Field(ge=MIN_INTERVAL_S)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -121,11 +141,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+AGENT_META_KEYS = ("managed-by", "agent-id", "kind")
+"""Meta keys the agent sets on every registration."""
+
+
 class ServiceBase(_Strict):
     """Fields every kind of service shares."""
 
     name: str
-    interval_s: PositiveSeconds | None = None
+    interval_s: IntervalSeconds | None = None
     timeout_s: PositiveSeconds | None = None
     rise: Annotated[int, Field(ge=1)] | None = None
     fall: Annotated[int, Field(ge=1)] | None = None
@@ -148,9 +172,21 @@ class ServiceBase(_Strict):
     @field_validator("meta")
     @classmethod
     def _meta_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        reserved = {"managed-by", "agent-id", "kind"} & set(value)
+        reserved = set(AGENT_META_KEYS) & set(value)
         if reserved:
             raise ValueError(f"keys {sorted(reserved)} are set by the agent")
+        bad = sorted(key for key in value if not META_KEY_RE.fullmatch(key))
+        if bad:
+            raise ValueError(f"keys {bad} are not Consul meta keys ([A-Za-z0-9_-], at most 128)")
+        prefixed = sorted(key for key in value if key.lower().startswith("consul-"))
+        if prefixed:
+            raise ValueError(f"keys {prefixed} use the prefix 'consul-', reserved by Consul")
+        long = sorted(key for key, text in value.items() if len(text) > META_VALUE_MAX)
+        if long:
+            raise ValueError(f"values of {long} are longer than {META_VALUE_MAX} characters")
+        room = META_PAIRS_MAX - len(AGENT_META_KEYS)
+        if len(value) > room:
+            raise ValueError(f"at most {room} pairs (Consul allows {META_PAIRS_MAX}, 3 are ours)")
         return value
 
     @property
@@ -195,6 +231,13 @@ class HttpService(ServiceBase):
                 # The value is not echoed: header values are often tokens.
                 raise ValueError(f"value of {name!r} must not contain CR, LF or NUL")
         return value
+
+    @model_validator(mode="after")
+    def _head_has_no_body(self) -> HttpService:
+        if self.method == "HEAD" and self.body_regex is not None:
+            # Reported on body_regex: the loc of a model check is the service itself.
+            raise ValueError("body_regex: a HEAD response has no body to match; use method: GET")
+        return self
 
     def target(self) -> tuple[str, int]:
         return url_host_port(self.url)
@@ -258,7 +301,7 @@ class HttpListen(_Strict):
 class ConsulConfig(_Strict):
     url: HttpUrl = "http://localhost:10006"
     token: SecretStr = SecretStr("")
-    ttl_s: PositiveSeconds = 30.0
+    ttl_s: Annotated[float, Field(ge=MIN_CONSUL_TTL_S)] = 30.0
     deregister_critical_after_s: PositiveSeconds = 60.0
     resync_interval_s: PositiveSeconds = 60.0
     timeout_s: PositiveSeconds = 5.0
@@ -332,8 +375,8 @@ class AgentConfig(BaseSettings):
         frozen=True,
     )
 
-    agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
-    interval_s: PositiveSeconds = 10.0
+    agent_id: str = Field(default_factory=socket.gethostname)
+    interval_s: IntervalSeconds = 10.0
     timeout_s: PositiveSeconds = 5.0
     rise: Annotated[int, Field(ge=1)] = 2
     fall: Annotated[int, Field(ge=1)] = 2
@@ -349,6 +392,28 @@ class AgentConfig(BaseSettings):
     services: list[ServiceConfig] = Field(default_factory=_default_services)
 
     _secret_fields: ClassVar[tuple[str, ...]] = ("consul.token",)
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_id(cls, value: str) -> str:
+        if not AGENT_ID_RE.fullmatch(value):
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise ValueError(f"{shown!r} must be 1 to 128 of [A-Za-z0-9._-]")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _some_services(cls, value: list[ServiceConfig]) -> list[ServiceConfig]:
+        if not value:
+            raise ValueError("must list at least one service (the agent would watch nothing)")
+        return value
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (it would be the working directory)")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -465,6 +530,9 @@ def _redact(value: Any, key: str = "") -> Any:
     return value
 
 
+_NAMED_MESSAGE = re.compile(r"([a-z_]+): (.*)", re.DOTALL)
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     previous: int | str | None = None
@@ -491,6 +559,9 @@ def describe(error: ValidationError) -> str:
         elif not item["loc"]:
             # Cross-field checks carry their field in the message: "timeout_s: must be ...".
             field, _, message = message.partition(": ")
+        elif field.endswith("]") and (named := _NAMED_MESSAGE.match(message)):
+            # ... and so do a service's: "services[0]" + "body_regex: ...".
+            field, message = f"{field}.{named[1]}", named[2]
         lines.append(f"{field}: {message}")
     return "\n".join(lines)
 
@@ -500,21 +571,20 @@ def load(path: str | os.PathLike[str] | None = None) -> AgentConfig:
     if path is None:
         path = os.environ.get(CONFIG_ENV) or None
     data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
-        try:
-            loaded = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: the top level must be a mapping")
-        data = loaded
+    try:
+        check_environment(os.environ, AgentConfig, ENV_PREFIX, NON_FIELD_ENV)
+        if path is not None:
+            loaded = read_yaml(path)
+            if loaded is None:
+                loaded = {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"config file {path}: the top level must be a mapping")
+            data = loaded
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return AgentConfig(**data)
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from None
+    except SettingsError as exc:  # a value check_environment did not foresee
+        raise ConfigError(f"environment: {exc}") from None
