@@ -230,7 +230,7 @@ class ResponseReader(asyncio.Protocol):
             del buffer[:1]
         elif buffer[:2] == b"\r\n":
             del buffer[:2]
-        elif buffer in (b"", b"\r"):
+        elif not buffer or buffer == b"\r":
             return False
         else:
             raise InvalidResponseError("chunk not followed by CRLF")
@@ -244,7 +244,7 @@ class ResponseReader(asyncio.Protocol):
             if len(buffer) > HEADER_LINE_LIMIT:
                 raise InvalidResponseError("trailer line too long")
             return False
-        empty = buffer[:end] in (b"", b"\r")
+        empty = end == 0 or (end == 1 and buffer[0] == 0x0D)
         del buffer[: end + 1]
         if empty:
             self._finish()
