@@ -178,7 +178,7 @@ class ServiceBase(_Strict):
         bad = sorted(key for key in value if not META_KEY_RE.fullmatch(key))
         if bad:
             raise ValueError(f"keys {bad} are not Consul meta keys ([A-Za-z0-9_-], at most 128)")
-        prefixed = sorted(key for key in value if key.lower().startswith("consul-"))
+        prefixed = sorted(key for key in value if key.startswith("consul-"))
         if prefixed:
             raise ValueError(f"keys {prefixed} use the prefix 'consul-', reserved by Consul")
         long = sorted(key for key, text in value.items() if len(text) > META_VALUE_MAX)

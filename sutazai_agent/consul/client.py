@@ -63,6 +63,10 @@ class ConsulUnavailableError(ConsulError):
     """Consul cannot answer: refused, timed out, TLS failure, 5xx, no cluster leader."""
 
 
+class ConsulRateLimitedError(ConsulUnavailableError):
+    """429: Consul's rate limit refused the call for now; back off and try again."""
+
+
 class ConsulPermissionError(ConsulError):
     """403: the ACL token is missing, unknown or lacks the permission."""
 
@@ -314,6 +318,8 @@ def _http_error(operation: str, status: int, text: str) -> ConsulError:
         return ConsulPermissionError(operation, text or "Permission denied", status)
     if status == 404:
         return ConsulNotFoundError(operation, text or "not found", status)
+    if status == 429:
+        return ConsulRateLimitedError(operation, text or "rate limit exceeded", status)
     if status >= 500:
         return ConsulUnavailableError(operation, text, status)
     return ConsulError(operation, text, status)
