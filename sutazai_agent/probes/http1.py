@@ -15,7 +15,8 @@ What it keeps of a probe's contract:
 - aiohttp's limits (status and header lines ≤ 8190 bytes, ≤ 128 header fields, body read to
   64 KiB), and every malformed answer is a ``ProbeError`` whose message is the reason
   (``http1_parser``);
-- ``https`` through the loop's TLS with a context built once per probe.
+- ``https`` through the loop's TLS with a context shared by every probe with the same TLS
+  settings (``probes.tls``).
 
 It is used for ``GET``/``HEAD`` without ``follow_redirects``; redirects stay with aiohttp.
 """
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 
 from sutazai_agent.probes.base import USER_AGENT, Reply, basic_auth
 from sutazai_agent.probes.http1_parser import ResponseReader
+from sutazai_agent.probes.tls import client_context
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -111,7 +113,7 @@ class Exchange:
         self._literal = [(self._host, self._port)] if _is_ip(self._host) else None
         self._request = build_request(url, method, headers or {}, USER_AGENT)
         self._head = method == "HEAD"
-        self._ssl = _tls_context(tls_verify) if url.scheme == "https" else None
+        self._ssl = client_context(tls_verify) if url.scheme == "https" else None
 
     async def fetch(self) -> Reply:
         """Connect, send the request, read the response; the caller applies the timeout."""
@@ -143,14 +145,6 @@ class Exchange:
             await loop.create_connection(
                 lambda: protocol, host, port, ssl=self._ssl, server_hostname=self._host
             )
-
-
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _is_ip(host: str) -> bool:

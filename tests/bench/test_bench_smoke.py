@@ -77,3 +77,11 @@ def test_probe_cost_smoke_prints_each_variant() -> None:
         (row,) = lines(out, f"{variant}: ")
         assert "CPU-ms/probe" in row
         assert row.endswith(" 0 failed"), row
+
+
+def test_tls_start_smoke_prints_start_time_and_rss() -> None:
+    out = smoke("bench.tls_start")
+    (row,) = lines(out, "tls_start ")
+    assert "serving_s=" in row
+    assert "serving_rss_mb=" in row
+    assert "up=50/50" in row
