@@ -1,10 +1,10 @@
 """Start-up cost of many ``https`` services: time until the agent serves, and its RSS.
 
-The real agent is started with ``--services`` https services, all probing one local TLS server
-(a trustme CA, trusted by the agent through ``SSL_CERT_FILE``: the system's CA bundle plus
-the test CA, so that each TLS context costs what it costs in production). It prints when ``/healthz``
-first answers (the agent serves), when ``/readyz`` does (every service probed once), and the
-agent's RSS and peak RSS at each point.
+The real agent is started with ``--services`` https services, all probing one local TLS
+server (a trustme CA, trusted by the agent through ``SSL_CERT_FILE``: the system's CA bundle
+plus the test CA, so that each TLS context costs what it costs in production). It prints
+when ``/healthz`` first answers (the agent serves), when ``/readyz`` does (every service
+probed once), and the agent's RSS and peak RSS at each point.
 
     python -m bench.tls_start --services 2000
     python -m bench.tls_start --smoke
@@ -28,6 +28,14 @@ from bench.targets import raise_fd_limit
 from tests.integration.agent_process import AgentProcess
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+def write_bundle(path: Path, ca: trustme.CA) -> Path:
+    """The system's CA bundle plus ``ca``, written to ``path``."""
+    system = ssl.get_default_verify_paths().cafile
+    bundle = Path(system).read_bytes() if system and Path(system).is_file() else b""
+    path.write_bytes(bundle + ca.cert_pem.bytes())
+    return path
 
 
 async def serve_tls(context: ssl.SSLContext) -> asyncio.Server:
@@ -63,10 +71,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     cert = ca.issue_cert("127.0.0.1", "localhost")
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(server_context)
-    ca_path = workdir / "ca.pem"
-    system = ssl.get_default_verify_paths().cafile
-    bundle = Path(system).read_bytes() if system and Path(system).is_file() else b""
-    ca_path.write_bytes(bundle + ca.cert_pem.bytes())
+    ca_path = write_bundle(workdir / "ca.pem", ca)
     server = await serve_tls(server_context)
     port = server.sockets[0].getsockname()[1]
     services = [
