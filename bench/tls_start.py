@@ -123,7 +123,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="a quick run (50 services)")
     args = p.parse_args()
     if args.smoke:
-        args.services, args.wait, args.interval = 50, 60.0, 1.0
+        args.services, args.wait, args.interval = 50, 60.0, 2.0
     raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         result = run(measure(args, Path(tmp)))
