@@ -85,3 +85,15 @@ def test_tls_start_smoke_prints_start_time_and_rss() -> None:
     assert "serving_s=" in row
     assert "serving_rss_mb=" in row
     assert "up=" in row
+
+
+def test_reload_smoke_prints_rounds_and_the_summary() -> None:
+    out = smoke("bench.reload")
+    rounds = lines(out, "round ")
+    assert len(rounds) == 2
+    for row in rounds:
+        for figure in ("apply_ms=", "seen_ms=", "skipped=", "added_probed=", "deregistered="):
+            assert figure in row
+    (summary,) = lines(out, "reload ")
+    assert "apply_ms_median=" in summary
+    assert "skipped=" in summary
