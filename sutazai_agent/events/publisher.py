@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol, Self
@@ -36,6 +35,10 @@ from aio_pika.abc import (
 from aio_pika.connection import make_url
 
 from sutazai_agent.config import RabbitmqConfig, redact_url, url_password
+from sutazai_agent.core.backoff import Backoff
+from sutazai_agent.core.model import format_time
+from sutazai_agent.core.outage import Outage
+from sutazai_agent.core.secrets import Scrubber
 from sutazai_agent.events import cloudevents as events
 from sutazai_agent.events.confirms import confirmed_prefix, next_batch_size
 from sutazai_agent.events.outbox import StoredEvent
@@ -94,11 +97,10 @@ class RabbitPublisher:
         # Jitter per agent, so a fleet does not reconnect in lockstep after a broker restart.
         jitter = random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not cryptography
         self._reconnect_interval_s = round(reconnect_interval_s * jitter, 3)
-        self._min_backoff_s = min_backoff_s
-        self._max_backoff_s = max_backoff_s
+        self._backoff = Backoff(min_backoff_s, max_backoff_s)
         self._idle_poll_s = idle_poll_s
         password = url_password(config.url)
-        self._secrets = sorted({p for p in (password, password and unquote(password)) if p})
+        self._scrubber = Scrubber(p for p in (password, password and unquote(password)) if p)
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -106,8 +108,7 @@ class RabbitPublisher:
         self._reconnected = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closing = asyncio.Event()
-        self._failures = 0
-        self._outage_since: float | None = None
+        self._outage = Outage()
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
 
@@ -124,7 +125,7 @@ class RabbitPublisher:
             "last_error": self._last_error,
             "last_error_at": None
             if self._last_error_at is None
-            else events.format_time(self._last_error_at),
+            else format_time(self._last_error_at),
         }
 
     @property
@@ -163,7 +164,7 @@ class RabbitPublisher:
                 if self._closing.is_set():
                     return
                 self._failed(exc)
-                await self._pause(self._backoff_s())
+                await self._pause(self._backoff.next())
             else:
                 self._recovered()
                 if published == 0:
@@ -185,7 +186,7 @@ class RabbitPublisher:
                         published = await self._drain_once()
                     except Exception as exc:  # noqa: BLE001 - retry until the deadline
                         self._failed(exc)
-                        await self._pause(self._backoff_s())
+                        await self._pause(self._backoff.next())
                         continue
                     self._recovered()
                     if published == 0:
@@ -241,8 +242,9 @@ class RabbitPublisher:
             )
             if error is None:
                 return len(done)
+            why = self._scrubber.error(error)
             failure = PublishFailedError(
-                f"{len(rows) - len(done)} of {len(rows)} events not confirmed: {_describe(error)}"
+                f"{len(rows) - len(done)} of {len(rows)} events not confirmed: {why}"
             )
             if timed_out and done:
                 self._slow(failure, confirmed=len(done), sent=len(rows))
@@ -312,7 +314,7 @@ class RabbitPublisher:
 
     def _on_connection_lost(self, _: object, exc: BaseException | None) -> None:
         if not self._closing.is_set() and exc is not None:
-            log.debug("event_broker_connection_lost", error=_describe(exc, self._secrets))
+            log.debug("event_broker_connection_lost", error=self._scrubber.error(exc))
 
     # --- waiting, failures and recovery ---------------------------------------------------
     async def _idle(self) -> None:
@@ -327,18 +329,11 @@ class RabbitPublisher:
             async with asyncio.timeout(delay_s):
                 await self._reconnected.wait()
 
-    def _backoff_s(self) -> float:
-        exponent = min(max(self._failures - 1, 0), 30)
-        ceiling = min(self._max_backoff_s, self._min_backoff_s * float(2**exponent))
-        return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
-
     def _failed(self, exc: BaseException) -> None:
-        self._failures += 1
         self._metrics.events_publish_failures.inc()
-        self._last_error = _describe(exc, self._secrets)
+        self._last_error = self._scrubber.error(exc)
         self._last_error_at = datetime.now(UTC)
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
+        if self._outage.failed():
             log.warning(
                 "event_publish_failed",
                 error=self._last_error,
@@ -347,12 +342,14 @@ class RabbitPublisher:
                 will_retry=True,
             )
         else:
-            log.debug("event_publish_retry_failed", error=self._last_error, attempt=self._failures)
+            log.debug(
+                "event_publish_retry_failed", error=self._last_error, attempt=self._outage.failures
+            )
 
     def _slow(self, exc: BaseException, *, confirmed: int, sent: int) -> None:
         """A batch timed out after confirming a prefix: count it, but it is no outage."""
         self._metrics.events_publish_failures.inc()
-        self._last_error = _describe(exc, self._secrets)
+        self._last_error = self._scrubber.error(exc)
         self._last_error_at = datetime.now(UTC)
         log.info(
             "event_publish_slow",
@@ -364,16 +361,17 @@ class RabbitPublisher:
         )
 
     def _recovered(self) -> None:
-        if self._outage_since is None:
+        failures = self._outage.failures
+        outage_s = self._outage.recovered()
+        if outage_s is None:
             return
+        self._backoff.reset()
         log.info(
             "event_publisher_recovered",
-            outage_s=round(time.monotonic() - self._outage_since, 3),
-            failed_attempts=self._failures,
+            outage_s=outage_s,
+            failed_attempts=failures,
             pending=self._source.pending(),
         )
-        self._outage_since = None
-        self._failures = 0
 
 
 CLOSE_TIMEOUT_S = 5.0
@@ -384,11 +382,3 @@ async def _close(connection: AbstractRobustConnection) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
             await connection.close()
-
-
-def _describe(exc: BaseException, secrets: Iterable[str] = ()) -> str:
-    """``Type: message`` with every secret replaced by ``***``, bounded."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text[:300]

@@ -16,13 +16,13 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from sutazai_agent.core.model import Outcome, ProbeResult
+from sutazai_agent.core.secrets import scrub_urls
 from sutazai_agent.probes.base import (
     clock,
     elapsed_since,
     error_reason,
     failed_after,
     outcome_for,
-    scrub,
 )
 
 if TYPE_CHECKING:
@@ -82,5 +82,5 @@ def postgres_reason(exc: BaseException, timeout_s: float) -> str:
     import asyncpg
 
     if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
-        return scrub(str(exc)).strip() or type(exc).__name__
+        return scrub_urls(str(exc)).strip() or type(exc).__name__
     return error_reason(exc, timeout_s)

@@ -16,13 +16,13 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from sutazai_agent.core.model import Outcome, ProbeResult
+from sutazai_agent.core.secrets import scrub_urls
 from sutazai_agent.probes.base import (
     clock,
     elapsed_since,
     error_reason,
     failed_after,
     outcome_for,
-    scrub,
     seconds,
 )
 
@@ -147,4 +147,4 @@ def redis_reason(exc: BaseException, timeout_s: float) -> str:
 
 
 def _message(exc: BaseException) -> str:
-    return scrub(str(exc)).strip()
+    return scrub_urls(str(exc)).strip()
