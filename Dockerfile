@@ -21,8 +21,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sutazai_agent/ sutazai_agent/
-# The agent and every dependency (with uvloop, the `speed` extra) as wheels in /wheels.
-RUN python -m pip wheel --wheel-dir /wheels ".[speed]"
+# The agent and every dependency, with every extra (`all`: uvloop and the redis, postgres and
+# grpc probes' client libraries), as wheels in /wheels.
+RUN python -m pip wheel --wheel-dir /wheels ".[all]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG PYTHON_IMAGE
@@ -54,7 +55,7 @@ RUN groupadd --system --gid 10001 sutazai \
 # Install from the first stage's wheels only (--no-index): nothing is fetched or compiled here,
 # and the wheels never become a layer of this image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python -m pip install --no-index --find-links /wheels "sutazai-agent[speed]"
+    python -m pip install --no-index --find-links /wheels "sutazai-agent[all]"
 
 USER 10001:10001
 WORKDIR /var/lib/sutazai-agent

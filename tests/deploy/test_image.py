@@ -98,11 +98,11 @@ def test_two_stages_on_one_pinned_python_slim_base() -> None:
 
 def test_wheels_are_built_in_the_first_stage_and_only_installed_in_the_second() -> None:
     wheel = pip_command(0, "wheel")
-    assert wheel[4:] == ["--wheel-dir", "/wheels", ".[speed]"]
+    assert wheel[4:] == ["--wheel-dir", "/wheels", ".[all]"]
     install = pip_command(1, "install")
     assert "--no-index" in install
     assert install[install.index("--find-links") + 1] == "/wheels"
-    assert install[-1] == "sutazai-agent[speed]"
+    assert install[-1] == "sutazai-agent[all]"
     runtime_run = next(i for i in stage(1) if i.keyword == "RUN" and "pip install" in i.args)
     assert "--mount=type=bind,from=build,source=/wheels,target=/wheels" in runtime_run.args
     assert not [i for i in stage(1) if i.keyword == "COPY"], "the runtime copies nothing"
