@@ -29,7 +29,14 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a dev dependency
     uvloop = None
 
-BOTH_LOOPS = ("test_probe_http", "test_probe_tcp", "test_bad_peers")
+BOTH_LOOPS = (
+    "test_probe_http",
+    "test_probe_tcp",
+    "test_bad_peers",
+    "test_probe_redis",
+    "test_probe_postgres",
+    "test_probe_grpc",
+)
 """Modules whose tests run on asyncio's loop and on uvloop, which the agent uses in
 production: the probes' transports and protocols behave differently on the two."""
 

@@ -201,7 +201,7 @@ async def test_no_descriptor_leaks_on_refusal_timeout_or_cancellation(
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    assert await fd_growth(refused.probe, 30) == 0
-    assert await fd_growth(hanging.probe, 20) == 0
-    assert await fd_growth(cancelled, 20) == 0
-    assert await fd_growth(up.probe, 30) == 0
+    assert await fd_growth(refused.probe, 30) <= 0
+    assert await fd_growth(hanging.probe, 20) <= 0
+    assert await fd_growth(cancelled, 20) <= 0
+    assert await fd_growth(up.probe, 30) <= 0

@@ -133,6 +133,7 @@ async def test_unknown_role_is_down(session: aiohttp.ClientSession) -> None:
 
     assert result.outcome is Outcome.FAIL
     assert result.reason == 'role "no_such_role" does not exist'
+    assert "pw-123" not in result.reason + result.detail
 
 
 async def test_unknown_database_is_down(session: aiohttp.ClientSession) -> None:
@@ -194,7 +195,7 @@ async def test_no_descriptor_leaks_on_refusal_timeout_or_cancellation(
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    assert await fd_growth(refused.probe, 50) == 0
-    assert await fd_growth(hanging.probe, 20) == 0
-    assert await fd_growth(cancelled, 20) == 0
-    assert await fd_growth(up.probe, 30) == 0
+    assert await fd_growth(refused.probe, 50) <= 0
+    assert await fd_growth(hanging.probe, 20) <= 0
+    assert await fd_growth(cancelled, 20) <= 0
+    assert await fd_growth(up.probe, 30) <= 0
