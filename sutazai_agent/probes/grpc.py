@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 from sutazai_agent.core.model import Outcome, ProbeResult
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from sutazai_agent.config import GrpcService
 
+_STATUS_PREFIX = re.compile(r"[A-Z_]+: ")
 REPLY_LIMIT = 64 * 1024
 """A health reply is a few bytes; anything larger is refused by the channel."""
 
@@ -124,4 +126,6 @@ def grpc_reason(code: str, details: str) -> str:
     if "dns resolution failed" in lowered:
         return "DNS: cannot resolve the host"
     details = details.rpartition("last error: ")[2]
+    if _STATUS_PREFIX.match(details):
+        return details  # the last attempt's own status ("UNAVAILABLE: ipv4:...") says more
     return f"{code}: {details}" if details else code

@@ -4,7 +4,8 @@ Each probe opens one connection (redis.asyncio's ``Connection``: no pool, no ret
 ``CLIENT SETINFO``), sends ``PING`` and ``INFO replication`` in one write, reads both replies
 and closes the connection, on every path. Degraded: the server answers ``LOADING`` (it is
 still loading its dataset), or it is a replica whose link to its master is down. Down:
-refused, timeout, authentication error, anything else.
+refused, timeout, authentication error, anything else. A server that refuses ``INFO`` is
+judged by ``PING`` alone.
 
 redis-py is the optional ``redis`` extra, imported when the first redis probe is built.
 """
@@ -78,7 +79,7 @@ class RedisProbe:
         finally:
             await connection.disconnect(nowait=True)
         latency_s = elapsed_since(start)
-        if pong not in {b"PONG", "PONG"}:
+        if pong != b"PONG":
             return ProbeResult(Outcome.FAIL, latency_s, f"unexpected reply to PING: {pong!r}")
         role, problem = _replication(info)
         detail = f"PONG, role {role}" if role else "PONG"
@@ -88,12 +89,13 @@ class RedisProbe:
 
 
 async def _read_info(connection: Any) -> bytes:
-    """The reply to ``INFO replication``; empty when the user may not run INFO (ACL)."""
-    from redis.exceptions import NoPermissionError
+    """The reply to ``INFO replication``; empty when the server refuses INFO (an ACL, a
+    renamed command): PING alone decides then."""
+    from redis.exceptions import ResponseError
 
     try:
         info = await connection.read_response()
-    except NoPermissionError:
+    except ResponseError:
         return b""
     return info if isinstance(info, bytes) else b""
 

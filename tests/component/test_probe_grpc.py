@@ -4,6 +4,7 @@ on a free loopback port (plaintext, and TLS with a throwaway trustme CA)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from sutazai_agent.config import GrpcService
 from sutazai_agent.core.model import Outcome
 from sutazai_agent.core.protocols import Probe
 from sutazai_agent.probes import build_probe, run_probe
-from tests.component.conftest import HangingServer
+from tests.component.conftest import HangingServer, RawServer
 from tests.component.leaks import fd_growth
 
 TIMEOUT_S = 2.0
@@ -135,6 +136,17 @@ async def test_server_that_never_answers_times_out(
     assert result.outcome is Outcome.TIMEOUT
     assert result.reason == "timeout after 0.2s"
     assert result.latency_s >= 0.2
+
+
+async def test_not_a_grpc_server_is_down_with_a_short_reason(
+    session: aiohttp.ClientSession, raw_server: RawServer
+) -> None:
+    port = await raw_server(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    result = await probe_for(session, port).probe()
+
+    assert result.outcome is Outcome.FAIL
+    assert re.match(r"[A-Z]+: ipv4:127\.0\.0\.1:\d+: Failed parsing HTTP/2", result.reason)
 
 
 @pytest.fixture(scope="module")

@@ -194,6 +194,17 @@ async def test_server_loading_its_dataset_is_degraded(
     assert result.reason == "loading the dataset into memory"
 
 
+async def test_server_that_refuses_info_is_judged_by_ping(
+    session: aiohttp.ClientSession, raw_server: RawServer
+) -> None:
+    port = await raw_server(b"+PONG\r\n-NOPERM User probe has no permissions to run 'info'\r\n")
+
+    result = await probe_for(session, f"redis://127.0.0.1:{port}/0").probe()
+
+    assert result.outcome is Outcome.OK
+    assert result.detail == "PONG"
+
+
 async def test_unexpected_ping_reply_is_down(
     session: aiohttp.ClientSession, raw_server: RawServer
 ) -> None:
