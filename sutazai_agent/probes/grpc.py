@@ -78,8 +78,9 @@ class GrpcProbe:
 
     async def probe(self) -> ProbeResult:
         start = clock()
-        channel = self._channel()
+        channel: Any = None
         try:
+            channel = self._channel()
             check = channel.unary_unary(
                 "/grpc.health.v1.Health/Check",
                 request_serializer=type(self._request).SerializeToString,
@@ -92,7 +93,8 @@ class GrpcProbe:
         except Exception as exc:  # noqa: BLE001 - a probe never raises
             return failure(exc, start, self._timeout_s)
         finally:
-            await channel.close()
+            if channel is not None:
+                await channel.close()
         latency_s = elapsed_since(start)
         status = self._statuses.get(reply.status, str(reply.status))
         if status == "SERVING":
