@@ -253,6 +253,7 @@ class AgentConfig(BaseSettings):
                     getattr(service, "admin_url", None),
                     getattr(service, "proxy_url", None),
                     getattr(service, "status_url", None),
+                    getattr(service, "dsn", None),
                 )
                 if value
             )

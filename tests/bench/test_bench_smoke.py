@@ -73,7 +73,7 @@ def test_heartbeat_cost_smoke_prints_client_and_server_cost() -> None:
 
 def test_probe_cost_smoke_prints_each_variant() -> None:
     out = smoke("bench.probe_cost")
-    for variant in ("http", "http-aiohttp", "tcp"):
+    for variant in ("http", "http-aiohttp", "tcp", "redis", "postgres", "grpc"):
         (row,) = lines(out, f"{variant}: ")
         assert "CPU-ms/probe" in row
         assert row.endswith(" 0 failed"), row

@@ -94,7 +94,7 @@ CONFIG_CASES: list[tuple[str, dict[str, Any] | str | None, dict[str, str], str]]
         "unknown kind",
         with_services({"name": "x", "kind": "ftp"}),
         {},
-        "services[0].kind: must be one of http, tcp, kong, consul, rabbitmq",
+        "services[0].kind: must be one of http, tcp, kong, consul, rabbitmq, redis, postgres, grpc",
     ),
     ("kind missing", with_services({"name": "x"}), {}, "services[0].kind: must be one of"),
     (
