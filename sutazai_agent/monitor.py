@@ -13,8 +13,8 @@ comes to own waits (``await_seed``) for what Consul shows of it (``seed``), at m
 ``seed_wait_s``, before its first probe. A seeded state is provisional
 (``HealthMachine.restore``): the first result of this run equal to it announces nothing, and
 only that result is given to the registrar, so a handover is not a health change and nothing
-is marked passing from a state this run has not probed. A service the agent stops owning
-forgets its state (its new owner announces what changes from now on).
+is marked passing from a state this run has not probed. When Consul shows nothing, the state
+the agent last knew (or restored from disk) stays the provisional start.
 """
 
 from __future__ import annotations
@@ -146,14 +146,20 @@ class Monitor:
 
     # --- handover --------------------------------------------------------------------------
     def release(self, name: str, *, await_seed: bool) -> None:
-        """Forget the service's state (its ownership changed); with ``await_seed`` (this agent
-        now owns it), hold its probes until ``seed`` says what Consul shows."""
+        """The service's ownership changed: its state becomes provisional (no evidence of
+        this run); with ``await_seed`` (this agent now owns it), hold its probes until
+        ``seed`` says what Consul shows."""
         view = self.views.get(name)
         if view is None:
             return
         old = view.machine
         previous = old.state
         view.machine = HealthMachine(old.service, old.kind, old.rise, old.fall)
+        if old.state is not State.UNKNOWN and old.since is not None:
+            # Kept as a fallback, provisionally: when Consul shows nothing (a down service
+            # is deregistered), the state this agent last knew, or restored, is the best
+            # start (a restart whose previous session still held the lock).
+            view.machine.restore(old.state, old.since)
         view.last = view.last_at = None
         view.seed_until = self._now() + self._seed_wait if await_seed else None
         self._metrics.set_state(name, view.config.kind, previous, State.UNKNOWN)

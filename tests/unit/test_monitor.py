@@ -253,3 +253,23 @@ async def test_without_a_seed_the_probes_wait_only_until_the_deadline() -> None:
     assert [e["event"] for e in logs] == ["consul_seed_timed_out"]
     monitor.seed("db", State.UP)  # too late: the first probe decides from unknown
     assert monitor.views["db"].machine.state is State.UNKNOWN
+
+
+async def test_when_consul_shows_nothing_the_last_known_state_is_the_provisional_start() -> None:
+    """A down service is deregistered, so Consul shows nothing of it: after a handover back
+    (e.g. a restart whose previous session still held the lock), the state the agent knew
+    is kept, provisionally; an unchanged probe announces nothing."""
+    monitor, journal, _ = make_seeding()
+    task = asyncio.create_task(monitor.run())
+    monitor.record("db", FAIL)
+    assert await monitor.flush(1.0)
+    journal.lines.clear()
+    monitor.release("db", await_seed=False)  # standby: another holds the lock
+    monitor.release("db", await_seed=True)  # active again
+    monitor.seed("db", None)
+    assert monitor.views["db"].machine.state is State.DOWN
+    assert not monitor.views["db"].machine.confirmed
+    monitor.record("db", FAIL)
+    assert await monitor.flush(1.0)
+    task.cancel()
+    assert journal.lines == ["registrar db down"]
