@@ -226,6 +226,42 @@ async def test_a_fourth_member_takes_only_its_share_and_never_a_foreign_registra
                 agent.kill()
 
 
+@pytest.mark.timeout(60)
+async def test_a_group_member_announces_nothing_while_consul_is_unreachable_at_start(
+    tmp_path: Path, tap: EventTap, tcp_target: TcpTarget
+) -> None:
+    services = [
+        {"name": f"svc-{i}", "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port}
+        for i in range(4)
+    ]
+    async with FakeConsul() as consul:
+        await consul.stop()  # same port when started again
+        member = AgentProcess(config(consul, tap, services, agent_id="m1", group="g"), tmp_path)
+        member.start()
+        try:
+
+            async def scheduled_twice() -> bool:
+                try:
+                    return bool((await member.status())["scheduler"]["dispatched"] >= 8)
+                except aiohttp.ClientError:
+                    return False
+
+            await eventually(scheduled_twice, 20, member.log_tail())
+            status = await member.status()
+            assert status["agent"]["role"] == "starting"
+            assert {s["owner"] for s in status["services"]} == {None}
+            assert (await member.get("/readyz"))[0] == 503
+            changes = [ln for ln in member.logs() if ln["event"] == "service_state_changed"]
+            assert changes == [], "a member that does not know the members announces nothing"
+            await consul.start()
+            await member.wait_ready(30)
+            await eventually(lambda: _async(len(tap.received) == 4), 10, member.log_tail())
+            assert sorted(consul.services) == [s["name"] for s in services]
+            assert member.stop() == 0, member.log_tail()
+        finally:
+            member.kill()
+
+
 async def _role_is(agent: AgentProcess, role: str) -> bool:
     try:
         return bool((await agent.status())["agent"]["role"] == role)
