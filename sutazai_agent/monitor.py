@@ -1,12 +1,19 @@
 """From probe results to health states, and from transitions to everything that reacts.
 
-A result updates the service's view and metrics at once. A transition is first written to
-the outbox (durably, in a batch with any others of the same moment); only then do the
-registrar, the metrics and the publisher hear of it. If the outbox cannot be written, the
-batch is kept and retried with jittered backoff (one log line when the failure starts, one when
-it ends): nothing reacts to a transition that is not on disk. What waits is bounded
-(``max_pending``): past it the oldest unwritten transitions are dropped and counted, so a long
-disk failure cannot exhaust memory.
+A result updates the service's view and metrics at once. The registrar and the metrics
+follow the health state machine directly (both are idempotent: they are told the state, not
+the change), so what Consul and ``/metrics`` say never waits for the disk. Only the event
+goes through the outbox: transitions are written in batches by ``run()``, and the publisher
+is woken after each successful write.
+
+A stored state (the outbox's last known states) is provisional (``HealthMachine.restore``):
+it is never given to the registrar or the metrics; the first probe result of this run is.
+
+If the outbox cannot be written (disk full, I/O error), the batch is kept and retried with
+jittered backoff; every failed attempt is counted (``outbox_write_failures_total``), one log
+line with the real cause marks the start of the outage and one its end, and ``/status``
+shows it (``outbox_status``). What waits is bounded (``max_pending``): past it the oldest
+unwritten transitions are dropped and counted, so a long disk failure cannot exhaust memory.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,17 +75,18 @@ class Monitor:
         self._idle = asyncio.Event()
         self._idle.set()
         self.views: dict[str, ServiceView] = {}
+        self._last_error: str | None = None
+        self._failing_at: datetime | None = None
         known = sink.known_states()
         for service in config.services:
             machine = HealthMachine(
                 service.name, service.kind, config.rise_for(service), config.fall_for(service)
             )
             restored = known.get(service.name)
-            if restored is not None and restored.state is not State.UNKNOWN:
-                machine.state, machine.since = restored.state, restored.since
-                registrar.observe(service, restored.state)
+            if restored is not None:
+                machine.restore(restored.state, restored.since)
             self.views[service.name] = ServiceView(service, machine)
-            metrics.set_state(service.name, service.kind, State.UNKNOWN, machine.state)
+            metrics.set_state(service.name, service.kind, State.UNKNOWN, State.UNKNOWN)
 
     def ready(self) -> bool:
         """True once every service has had a probe result."""
@@ -87,9 +95,12 @@ class Monitor:
     def record(self, name: str, result: ProbeResult) -> None:
         view = self.views[name]
         at = self._now()
+        first = view.last is None
         view.last, view.last_at = result, at
         self._metrics.observe_probe(name, view.config.kind, result.outcome, result.latency_s)
         transition = view.machine.observe(result, at)
+        if first or transition is not None:
+            self._follow(view, transition)
         if transition is not None:
             self._pending.append(transition)
             if len(self._pending) > self._max_pending:
@@ -131,17 +142,28 @@ class Monitor:
                 continue
             delay = 0.5
             self._write_recovered()
-            self._react(batch)
+            self._publisher.wake()
             if not self._pending:
                 self._idle.set()
 
     def _write_failed(self, exc: Exception, pending: int) -> None:
         self._failed_writes += 1
+        self._metrics.outbox_write_failures.inc()
+        self._last_error = _describe(exc)
         if self._failing_since is None:
             self._failing_since = time.monotonic()
-            log.error("outbox_write_failed", pending=pending, action="will retry", exc_info=exc)
+            self._failing_at = self._now()
+            log.error(
+                "outbox_write_failed",
+                error=self._last_error,
+                pending=pending,
+                action="will retry",
+                exc_info=exc,
+            )
         else:
-            log.debug("outbox_write_retry_failed", attempt=self._failed_writes, error=repr(exc))
+            log.debug(
+                "outbox_write_retry_failed", attempt=self._failed_writes, error=self._last_error
+            )
 
     def _write_recovered(self) -> None:
         if self._failing_since is None:
@@ -151,9 +173,19 @@ class Monitor:
             outage_s=round(time.monotonic() - self._failing_since, 3),
             failed_attempts=self._failed_writes,
         )
-        self._failing_since = None
+        self._failing_since = self._failing_at = None
         self._failed_writes = 0
         self._dropping = False
+
+    def outbox_status(self) -> dict[str, Any]:
+        """The outbox writer's part of ``/status``: is the disk taking the transitions?"""
+        return {
+            "writable": self._failing_since is None,
+            "unwritten": len(self._pending),
+            "failing_since": _iso(self._failing_at),
+            "failed_attempts": self._failed_writes,
+            "last_error": self._last_error,
+        }
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every transition so far is in the outbox; False on timeout."""
@@ -164,20 +196,23 @@ class Monitor:
             return False
         return True
 
-    def _react(self, batch: Sequence[Transition]) -> None:
-        for t in batch:
-            view = self.views[t.service]
-            self._metrics.set_state(t.service, t.kind, t.previous, t.current)
-            self._metrics.count_transition(t.service, t.previous, t.current)
-            self._registrar.observe(view.config, t.current)
-            log.info(
-                "service_state_changed",
-                service=t.service,
-                previous=t.previous.value,
-                current=t.current.value,
-                reason=t.reason,
-            )
-        self._publisher.wake()
+    def _follow(self, view: ServiceView, transition: Transition | None) -> None:
+        """Bring the metrics and the registrar to the machine's state (first result of this
+        run, or a transition): directly, whatever the outbox is doing."""
+        config, state = view.config, view.machine.state
+        self._metrics.set_state(config.name, config.kind, State.UNKNOWN, state)
+        self._registrar.observe(config, state)
+        if transition is None:
+            return
+        t = transition
+        self._metrics.count_transition(t.service, t.previous, t.current)
+        log.info(
+            "service_state_changed",
+            service=t.service,
+            previous=t.previous.value,
+            current=t.current.value,
+            reason=t.reason,
+        )
 
     def snapshot(self) -> list[dict[str, Any]]:
         out = []
@@ -201,6 +236,12 @@ class Monitor:
                 }
             )
         return out
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, bounded: the cause itself, e.g. ``database or disk is full``."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:300]
 
 
 def _iso(at: datetime | None) -> str | None:

@@ -282,6 +282,10 @@ class Metrics:
         self.events_dropped = Counter(
             f"{PREFIX}_events_dropped", "Events dropped because the outbox was full.", registry=r
         )
+        self.outbox_write_failures = Counter(
+            f"{PREFIX}_outbox_write_failures",
+            "Failed attempts to write transitions to the outbox (will retry).", registry=r,
+        )  # fmt: skip
         self.build_info = Info(f"{PREFIX}_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
 
