@@ -26,7 +26,7 @@ import os
 import sqlite3
 import types
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -158,9 +158,9 @@ class SqliteOutbox:
         return self._pending
 
     # --- read by the publisher ------------------------------------------------------------
-    async def peek(self, limit: int) -> list[StoredEvent]:
-        """The oldest ``limit`` events, oldest first."""
-        return await self._call(self._peek_sync, limit)
+    async def peek(self, limit: int, exclude: Collection[str] = ()) -> list[StoredEvent]:
+        """The oldest ``limit`` events, oldest first, leaving out the ``exclude`` services."""
+        return await self._call(self._peek_sync, limit, sorted(exclude))
 
     async def ack(self, ids: Iterable[str]) -> int:
         """Delete events the broker has confirmed; returns how many were still there."""
@@ -263,12 +263,10 @@ class SqliteOutbox:
                 oldest=[f"{service}#{sequence}" for service, sequence in dropped[:5]],
             )
 
-    def _peek_sync(self, limit: int) -> list[StoredEvent]:
-        cursor = self._conn().execute(
-            "SELECT id, service, sequence, routing_key, body, created_at FROM events"
-            " ORDER BY pos LIMIT ?",
-            (limit,),
-        )
+    def _peek_sync(self, limit: int, exclude: list[str]) -> list[StoredEvent]:
+        where = f" WHERE service NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
+        query = f"SELECT id, service, sequence, routing_key, body, created_at FROM events{where}"  # noqa: S608 - placeholders only
+        cursor = self._conn().execute(f"{query} ORDER BY pos LIMIT ?", (*exclude, limit))
         return [
             StoredEvent(
                 id=row[0],
