@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import time
 from contextlib import AsyncExitStack
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -25,7 +24,7 @@ from sutazai_agent import __version__
 from sutazai_agent.config import AgentConfig, ServiceConfig
 from sutazai_agent.consul.client import ConsulClient
 from sutazai_agent.consul.registrar import ConsulRegistrar
-from sutazai_agent.core.model import ProbeResult, utcnow
+from sutazai_agent.core.model import ProbeResult, format_time, os_reason, utcnow
 from sutazai_agent.core.protocols import Clock, Probe
 from sutazai_agent.core.scheduler import Job, Scheduler
 from sutazai_agent.events.outbox import SqliteOutbox
@@ -44,12 +43,6 @@ STALL_S = 5.0
 class StartupError(Exception):
     """The agent cannot start where it is configured to (``state_dir``, ``http``); the message
     names the setting. The CLI prints it as one line and exits 2, like a configuration error."""
-
-
-def _os_reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 class Agent:
@@ -110,7 +103,7 @@ class Agent:
                 )
             except (OSError, sqlite3.Error, RuntimeError) as exc:
                 raise StartupError(
-                    f"state_dir: cannot open the outbox in {config.state_dir}: {_os_reason(exc)}"
+                    f"state_dir: cannot open the outbox in {config.state_dir}: {os_reason(exc)}"
                 ) from None
             consul = await stack.enter_async_context(ConsulClient(config.consul))
             registrar = ConsulRegistrar(
@@ -134,7 +127,7 @@ class Agent:
                 )
             except OSError as exc:
                 raise StartupError(
-                    f"http: cannot listen on {listen.host}:{listen.port}: {_os_reason(exc)}"
+                    f"http: cannot listen on {listen.host}:{listen.port}: {os_reason(exc)}"
                 ) from None
             self.http_port = web.port
             log.info(
@@ -224,7 +217,7 @@ class Agent:
             "agent": {
                 "id": self.config.agent_id,
                 "version": __version__,
-                "started_at": _iso(self.started_at),
+                "started_at": format_time(self.started_at),
             },
             "services": [] if self._monitor is None else self._monitor.snapshot(),
             "consul": {} if self._registrar is None else self._registrar.status(),
@@ -254,7 +247,3 @@ async def check_once(config: AgentConfig) -> list[tuple[ServiceConfig, ProbeResu
             return service, await run_probe(build_probe(service, session, timeout_s), timeout_s)
 
         return list(await asyncio.gather(*(one(s) for s in config.services)))
-
-
-def _iso(at: datetime) -> str:
-    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -10,11 +10,13 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from sutazai_agent.core.secrets import Scrubber
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -25,31 +27,14 @@ LEVELS = {
 
 
 class SecretScrubber:
-    """A processor replacing every known secret value with ``***``, at any depth."""
+    """The log pipeline's last processor: every known secret value becomes ``***``, at any
+    depth (``core.secrets.Scrubber``), and so does any URL's password."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is replaced whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._scrubber = Scrubber(secrets)
 
     def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
-        if not self._secrets:
-            return event
-        scrubbed: EventDict = self._scrub(event)
-        return scrubbed
-
-    def _scrub(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, "***")
-            return value
-        if isinstance(value, MutableMapping):
-            return {k: self._scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._scrub(v) for v in value]
-        if isinstance(value, BaseException):
-            return self._scrub(repr(value))
-        return value
+        return {key: self._scrubber.deep(value) for key, value in event.items()}
 
 
 def configure(

@@ -19,8 +19,6 @@ unwritten transitions are dropped and counted, so a long disk failure cannot exh
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,9 +27,18 @@ from typing import Any
 import structlog
 
 from sutazai_agent.config import AgentConfig, ServiceConfig
+from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.health import HealthMachine
-from sutazai_agent.core.model import ProbeResult, State, Transition, utcnow
+from sutazai_agent.core.model import (
+    ProbeResult,
+    State,
+    Transition,
+    format_optional_time,
+    utcnow,
+)
+from sutazai_agent.core.outage import Outage
 from sutazai_agent.core.protocols import EventSink, Publisher, Registrar
+from sutazai_agent.core.secrets import Scrubber
 from sutazai_agent.web.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -63,8 +70,8 @@ class Monitor:
     ) -> None:
         self._sink = sink
         self._max_pending = max_pending
-        self._failing_since: float | None = None
-        self._failed_writes = 0
+        self._outage = Outage()
+        self._backoff = Backoff(0.5, RETRY_MAX_S)
         self._dropping = False
         self._registrar = registrar
         self._publisher = publisher
@@ -123,7 +130,6 @@ class Monitor:
 
     async def run(self) -> None:
         """Write transitions to the outbox in batches, then let the others react."""
-        delay = 0.5
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -136,22 +142,19 @@ class Monitor:
                 self._pending[:0] = batch
                 if len(self._pending) > self._max_pending:
                     self._drop_oldest()
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
-                delay = min(delay * 2, RETRY_MAX_S)
+                await asyncio.sleep(self._backoff.next())
                 self._wake.set()
                 continue
-            delay = 0.5
+            self._backoff.reset()
             self._write_recovered()
             self._publisher.wake()
             if not self._pending:
                 self._idle.set()
 
     def _write_failed(self, exc: Exception, pending: int) -> None:
-        self._failed_writes += 1
         self._metrics.outbox_write_failures.inc()
-        self._last_error = _describe(exc)
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
+        self._last_error = Scrubber().error(exc)
+        if self._outage.failed():
             self._failing_at = self._now()
             log.error(
                 "outbox_write_failed",
@@ -162,28 +165,25 @@ class Monitor:
             )
         else:
             log.debug(
-                "outbox_write_retry_failed", attempt=self._failed_writes, error=self._last_error
+                "outbox_write_retry_failed", attempt=self._outage.failures, error=self._last_error
             )
 
     def _write_recovered(self) -> None:
-        if self._failing_since is None:
+        failures = self._outage.failures
+        outage_s = self._outage.recovered()
+        if outage_s is None:
             return
-        log.info(
-            "outbox_write_recovered",
-            outage_s=round(time.monotonic() - self._failing_since, 3),
-            failed_attempts=self._failed_writes,
-        )
-        self._failing_since = self._failing_at = None
-        self._failed_writes = 0
+        log.info("outbox_write_recovered", outage_s=outage_s, failed_attempts=failures)
+        self._failing_at = None
         self._dropping = False
 
     def outbox_status(self) -> dict[str, Any]:
         """The outbox writer's part of ``/status``: is the disk taking the transitions?"""
         return {
-            "writable": self._failing_since is None,
+            "writable": self._outage.since is None,
             "unwritten": len(self._pending),
-            "failing_since": _iso(self._failing_at),
-            "failed_attempts": self._failed_writes,
+            "failing_since": format_optional_time(self._failing_at),
+            "failed_attempts": self._outage.failures,
             "last_error": self._last_error,
         }
 
@@ -223,7 +223,7 @@ class Monitor:
                     "name": name,
                     "kind": view.config.kind,
                     "state": view.machine.state.value,
-                    "since": _iso(view.machine.since),
+                    "since": format_optional_time(view.machine.since),
                     "registered": self._registrar.is_registered(view.config.id),
                     "last_probe": None
                     if last is None
@@ -231,18 +231,8 @@ class Monitor:
                         "result": last.outcome.value,
                         "latency_ms": round(last.latency_s * 1000, 3),
                         "reason": last.reason,
-                        "at": _iso(view.last_at),
+                        "at": format_optional_time(view.last_at),
                     },
                 }
             )
         return out
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message``, bounded: the cause itself, e.g. ``database or disk is full``."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:300]
-
-
-def _iso(at: datetime | None) -> str | None:
-    return None if at is None else at.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -3,28 +3,27 @@
 Import configuration names from here; the modules behind it are an implementation detail.
 """
 
+from sutazai_agent.config.loading import ConfigError, describe, load
 from sutazai_agent.config.schema import (
     CONFIG_ENV,
     ENV_PREFIX,
-    KINDS,
     PROBE_DURATION_BUCKETS_S,
     AgentConfig,
-    ConfigError,
     ConsulConfig,
+    RabbitmqConfig,
+)
+from sutazai_agent.config.services import (
+    KINDS,
     ConsulService,
     HttpService,
     KongService,
-    RabbitmqConfig,
     RabbitmqService,
     ServiceConfig,
     TcpService,
-    describe,
-    load,
-    redact_url,
     registration_address,
     url_host_port,
-    url_password,
 )
+from sutazai_agent.core.secrets import redact_url, url_password
 
 __all__ = [
     "CONFIG_ENV",

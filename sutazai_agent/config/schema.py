@@ -1,228 +1,38 @@
-"""Configuration: one pydantic model, read from YAML with ``SUTAZAI_AGENT_*`` env overrides.
+"""The agent's configuration model: ``AgentConfig`` and its sections.
 
-Every validation error names the field (``services[2].timeout_s``) so that ``cli`` can print
-one clear line and exit 2.
+``AgentConfig`` reads ``SUTAZAI_AGENT_*`` environment variables (nested with ``__``) over the
+YAML file's values; every validation error names the field so that the CLI can print one clear
+line and exit 2 (``loading``).
 """
 
 from __future__ import annotations
 
-import os
-import re
 import socket
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from sutazai_agent.config.services import (
+    AmqpUrl,
+    ConsulService,
+    HttpUrl,
+    KongService,
+    PositiveSeconds,
+    RabbitmqService,
+    ServiceBase,
+    ServiceConfig,
+    _Strict,
+)
+from sutazai_agent.core.secrets import MASK, is_secret_header, redact_url, url_password
 
 ENV_PREFIX = "SUTAZAI_AGENT_"
 CONFIG_ENV = "SUTAZAI_AGENT_CONFIG"
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-CONSUL_MIN_DEREGISTER_S = 60.0
 PROBE_DURATION_BUCKETS_S = (0.005, 0.025, 0.1, 0.5, 2.5)
 """Default buckets of ``probe_duration_seconds``: 8 series per service (5 + +Inf, sum, count)."""
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the field."""
-
-
-def _url(*schemes: str) -> AfterValidator:
-    def check(value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in schemes:
-            raise ValueError(f"must be a {' or '.join(schemes)} URL, got {redact_url(value)!r}")
-        if not parts.hostname:
-            raise ValueError(f"has no host: {redact_url(value)!r}")
-        try:
-            _ = parts.port
-        except ValueError:
-            raise ValueError(f"has an invalid port: {redact_url(value)!r}") from None
-        return value
-
-    return AfterValidator(check)
-
-
-HttpUrl = Annotated[str, _url("http", "https")]
-AmqpUrl = Annotated[str, _url("amqp", "amqps")]
-PositiveSeconds = Annotated[float, Field(gt=0)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-def redact_url(url: str) -> str:
-    """``amqp://guest:secret@host/`` → ``amqp://guest:***@host/``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def url_password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def url_host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    default = {"http": 80, "https": 443, "amqp": 5672, "amqps": 5671}.get(parts.scheme, 0)
-    return parts.hostname or "", parts.port or default
-
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-"""An HTTP field name (an RFC 9110 token)."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class ServiceBase(_Strict):
-    """Fields every kind of service shares."""
-
-    name: str
-    interval_s: PositiveSeconds | None = None
-    timeout_s: PositiveSeconds | None = None
-    rise: Annotated[int, Field(ge=1)] | None = None
-    fall: Annotated[int, Field(ge=1)] | None = None
-    service_id: str | None = None
-    tags: tuple[str, ...] = ()
-    meta: dict[str, str] = Field(default_factory=dict)
-    # "register" itself would shadow BaseModel.register (pydantic models are ABCs).
-    register_service: bool = Field(default=True, alias="register")
-    address: str | None = None
-    port: Port | None = None
-    tls_verify: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _dns_label(cls, value: str) -> str:
-        if not NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a DNS label ([a-z0-9-], at most 63, no edge '-')")
-        return value
-
-    @field_validator("meta")
-    @classmethod
-    def _meta_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        reserved = {"managed-by", "agent-id", "kind"} & set(value)
-        if reserved:
-            raise ValueError(f"keys {sorted(reserved)} are set by the agent")
-        return value
-
-    @property
-    def id(self) -> str:
-        return self.service_id or self.name
-
-
-class HttpService(ServiceBase):
-    kind: Literal["http"]
-    url: HttpUrl
-    method: Literal["GET", "HEAD"] = "GET"
-    expect_status: tuple[int, ...] = ()
-    body_regex: str | None = None
-    follow_redirects: bool = False
-    headers: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("expect_status")
-    @classmethod
-    def _statuses(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        bad = [code for code in value if not 100 <= code <= 599]
-        if bad:
-            raise ValueError(f"not HTTP status codes: {bad}")
-        return value
-
-    @field_validator("body_regex")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
-        return value
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f"not a valid header name: {name!r}")
-            if any(char in text for char in "\r\n\0"):
-                # The value is not echoed: header values are often tokens.
-                raise ValueError(f"value of {name!r} must not contain CR, LF or NUL")
-        return value
-
-    def target(self) -> tuple[str, int]:
-        return url_host_port(self.url)
-
-
-class TcpService(ServiceBase):
-    kind: Literal["tcp"]
-    host: str = Field(min_length=1)
-    port: Port  # required here: it is the target
-
-    def target(self) -> tuple[str, int]:
-        return self.host, self.port
-
-
-class KongService(ServiceBase):
-    kind: Literal["kong"]
-    admin_url: HttpUrl
-    proxy_url: HttpUrl
-    status_url: HttpUrl | None = None
-
-    def target(self) -> tuple[str, int]:
-        return url_host_port(self.proxy_url)
-
-
-class ConsulService(ServiceBase):
-    kind: Literal["consul"]
-    url: HttpUrl
-    register_service: bool = Field(default=False, alias="register")
-
-    def target(self) -> tuple[str, int]:
-        return url_host_port(self.url)
-
-
-class RabbitmqService(ServiceBase):
-    kind: Literal["rabbitmq"]
-    amqp_url: AmqpUrl
-    management_url: HttpUrl | None = None
-
-    def target(self) -> tuple[str, int]:
-        return url_host_port(self.amqp_url)
-
-
-def registration_address(service: ServiceConfig) -> tuple[str, int]:
-    """Address and port registered in Consul: explicit, else the probed target's."""
-    host, port = service.target()
-    return service.address or host, service.port or port
-
-
-ServiceConfig = Annotated[
-    HttpService | TcpService | KongService | ConsulService | RabbitmqService,
-    Field(discriminator="kind"),
-]
-KINDS = ("http", "tcp", "kong", "consul", "rabbitmq")
 
 
 class HttpListen(_Strict):
@@ -408,7 +218,8 @@ class AgentConfig(BaseSettings):
                 )
                 if value
             )
-            found.update(v for k, v in getattr(service, "headers", {}).items() if _secret_header(k))
+            headers = getattr(service, "headers", {})
+            found.update(v for k, v in headers.items() if is_secret_header(k))
         found.update(p for p in (url_password(u) for u in urls) if p)
         return frozenset(s for s in found if len(s) >= 3)
 
@@ -418,78 +229,16 @@ class AgentConfig(BaseSettings):
         return redacted
 
 
-def _secret_header(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in {"authorization", "proxy-authorization", "cookie", "x-consul-token"} or (
-        "token" in lowered or "key" in lowered or "secret" in lowered
-    )
-
-
 def _redact(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
         if key == "headers":
-            return {k: ("***" if _secret_header(k) else v) for k, v in value.items()}
+            return {k: (MASK if is_secret_header(k) else v) for k, v in value.items()}
         return {k: _redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v, key) for v in value]
     if isinstance(value, str):
         if key == "token":
-            return "***" if value and value != "**********" else ""
+            return MASK if value and value != "**********" else ""
         if "://" in value:
             return redact_url(value)
     return value
-
-
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    previous: int | str | None = None
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(previous, int) and part in KINDS:
-            pass  # the branch of the services union, not a field
-        elif not part.startswith(("function-", "tagged-union")):
-            out += f".{part}" if out else part
-        previous = part
-    return out
-
-
-def describe(error: ValidationError) -> str:
-    """One line per problem, each naming the field."""
-    lines = []
-    for item in error.errors(include_url=False):
-        field = _format_loc(tuple(item["loc"]))
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] in {"union_tag_invalid", "union_tag_not_found"}:
-            field = f"{field}.kind"
-            message = f"must be one of {', '.join(KINDS)}"
-        elif not item["loc"]:
-            # Cross-field checks carry their field in the message: "timeout_s: must be ...".
-            field, _, message = message.partition(": ")
-        lines.append(f"{field}: {message}")
-    return "\n".join(lines)
-
-
-def load(path: str | os.PathLike[str] | None = None) -> AgentConfig:
-    """Read the YAML file (if any), apply env overrides, validate. Raises ``ConfigError``."""
-    if path is None:
-        path = os.environ.get(CONFIG_ENV) or None
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
-        try:
-            loaded = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: the top level must be a mapping")
-        data = loaded
-    try:
-        return AgentConfig(**data)
-    except ValidationError as exc:
-        raise ConfigError(describe(exc)) from None

@@ -26,8 +26,9 @@ from aiohttp.payload import BytesPayload
 from yarl import URL
 
 from sutazai_agent import __version__
-from sutazai_agent.config import ConsulConfig, redact_url
+from sutazai_agent.config import ConsulConfig
 from sutazai_agent.core.model import bounded
+from sutazai_agent.core.secrets import Scrubber, redact_url
 
 CheckStatus = Literal["passing", "warning", "critical"]
 CHECK_STATUSES: tuple[CheckStatus, ...] = ("passing", "warning", "critical")
@@ -116,6 +117,7 @@ class ConsulClient:
         self._prefix = self._base_url.raw_path.rstrip("/")
         self._update_bodies: dict[tuple[str, str], bytes] = {}
         self._token = config.token.get_secret_value()
+        self._scrubber = Scrubber([self._token])
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -260,18 +262,16 @@ class ConsulClient:
                 operation, f"no answer within {self._config.timeout_s:g}s"
             ) from None
         except aiohttp.ClientError as exc:
-            raise ConsulUnavailableError(operation, self._scrub(_describe(exc))) from None
+            raise ConsulUnavailableError(operation, self._scrubber.error(exc)) from None
         if status >= 400:
-            raise _http_error(operation, status, self._scrub(raw.decode("utf-8", "replace")))
+            text = self._scrubber.text(raw.decode("utf-8", "replace"))
+            raise _http_error(operation, status, text)
         if not raw.strip():
             return None
         try:
             return json.loads(raw)
         except ValueError:
             raise ConsulError(operation, "response is not JSON", status) from None
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
 
 
 def _segment(value: str) -> str:
@@ -295,11 +295,6 @@ async def _read_bounded(operation: str, response: aiohttp.ClientResponse) -> byt
             raise ConsulError(operation, f"response body over {BODY_MAX} bytes", response.status)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _describe(exc: aiohttp.ClientError) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
 
 
 def _http_error(operation: str, status: int, text: str) -> ConsulError:

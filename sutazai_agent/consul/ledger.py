@@ -1,4 +1,4 @@
-"""Pure parts of Consul registration: payloads, ownership, drift, backoff, and the per-service
+"""Pure parts of Consul registration: payloads, ownership, drift, and the per-service
 state and heartbeat schedule the registrar keeps. No I/O here.
 
 The payload is the contract in DESIGN.md ("Consul contract"): ``ID``, ``Name``, ``Address``,
@@ -102,34 +102,6 @@ def ownership_filter(agent_id: str) -> str:
 def is_ours(listed: AgentService, agent_id: str) -> bool:
     """Double-check of the filter: never act on a registration another owner made."""
     return listed.meta.get("managed-by") == MANAGED_BY and listed.meta.get("agent-id") == agent_id
-
-
-class Backoff:
-    """Exponential backoff with jitter: each delay is drawn from [50 %, 100 %] of the step."""
-
-    def __init__(
-        self,
-        initial_s: float = 1.0,
-        cap_s: float = 30.0,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.initial_s = initial_s
-        self.cap_s = cap_s
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self.failures = 0
-
-    MAX_EXPONENT = 32
-    """``2.0 ** n`` overflows a float past n = 1023, i.e. after some 8 hours of a Consul
-    outage at a 30 s cap; the step has long reached the cap by 2 ** 32 anyway."""
-
-    def next(self) -> float:
-        exponent = min(self.failures, self.MAX_EXPONENT)
-        step = min(self.cap_s, self.initial_s * 2.0**exponent)
-        self.failures += 1
-        return step * self._rng.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 @dataclass(slots=True)

@@ -49,7 +49,6 @@ from sutazai_agent.consul.client import (
 from sutazai_agent.consul.ledger import (
     CONSUL_DEREGISTER_FLOOR_S,
     OUTAGE_LOG,
-    Backoff,
     Entry,
     Ledger,
     PassLog,
@@ -62,13 +61,14 @@ from sutazai_agent.consul.ledger import (
     ownership_filter,
     registration_payload,
 )
-from sutazai_agent.core.model import State, utcnow
+from sutazai_agent.core.backoff import Backoff
+from sutazai_agent.core.model import State, format_optional_time, utcnow
+from sutazai_agent.core.outage import Outage
 from sutazai_agent.core.protocols import Clock
+from sutazai_agent.core.scheduler import MIN_SLEEP_S
 from sutazai_agent.web.metrics import Metrics
 
 T = TypeVar("T")
-MIN_WAIT_S = 0.001
-"""Never sleep less than this: uvloop turns shorter sleeps into a busy spin."""
 BACKOFF_CAP_S = 30.0
 LOG_EACH_MAX = 10
 """A pass with more changes of one kind than this logs them as one line (count + first ids):
@@ -79,11 +79,11 @@ APPLY_MAX = 256
 """Changes applied per pass at most; the next pass, with the due heartbeats first, follows."""
 BEAT_EARLY_S = 1.0
 """A beat may go this much early (a tenth of its interval at most), so one wake-up sends the
-next second's beats together: 1,000 services were 100 wake-ups a second, each costing more
-than the call it made. The phase is kept (``next_beat_at``)."""
+next second's beats together: a wake-up costs more than the call it makes. The phase is kept
+(``next_beat_at``)."""
 BEATS_PER_PASS = 64
 """Heartbeats per pass at most (due ones first); the next pass follows at once if more are
-due. 10,000 services gather 1,000 beats a second: sent as one burst, they held the loop up."""
+due, so thousands of beats due together never hold the loop up as one burst."""
 _WARNINGS = frozenset({"consul_registration_lost"})
 
 
@@ -123,8 +123,7 @@ class ConsulRegistrar:
         self._more_pending = False
         self._next_resync_at = 0.0
         self._retry_at = 0.0
-        self._outage: str | None = None
-        self._outage_since = 0.0
+        self._outage = Outage(clock)
         self._reachable = False
         self._last_error: str | None = None
         self._last_sync_at: datetime | None = None
@@ -160,9 +159,7 @@ class ConsulRegistrar:
             "url": self._url,
             "registered": self._ledger.registered,
             "last_error": self._last_error,
-            "last_sync_at": None
-            if self._last_sync_at is None
-            else self._last_sync_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "last_sync_at": format_optional_time(self._last_sync_at),
         }
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -195,7 +192,7 @@ class ConsulRegistrar:
             if self._closed or self._wake.is_set():
                 continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(delay_s, MIN_WAIT_S)):
+                async with asyncio.timeout(max(delay_s, MIN_SLEEP_S)):
                     await self._wake.wait()
 
     async def sync_once(self) -> float:
@@ -381,25 +378,21 @@ class ConsulRegistrar:
 
     def _recovered(self) -> None:
         self._reachable = True
-        if self._outage is not None:
-            outage_s = round(self._clock() - self._outage_since, 3)
+        outage_s = self._outage.recovered()
+        if outage_s is not None:
             self._log.info("consul_recovered", url=self._url, outage_s=outage_s)
-            self._outage = self._last_error = None
+            self._last_error = None
             self._backoff.reset()
 
     def _failed(self, exc: ConsulError) -> float:
-        now = self._clock()
         kind = outage_kind(exc)
         self._reachable = kind != "unreachable"  # a 403 or a 400 is an answer
         self._last_error = str(exc)
         self._resync_pending = True
         delay_s = self._backoff.next()
-        self._retry_at = now + delay_s
-        if self._outage != kind:
-            if self._outage is None:
-                self._outage_since = now
-            self._outage = kind
-            level, event, extra = OUTAGE_LOG[kind]  # one line per outage (or change of kind)
+        self._retry_at = self._clock() + delay_s
+        if self._outage.failed(kind):  # one line per outage (or change of kind)
+            level, event, extra = OUTAGE_LOG[kind]
             getattr(self._log, level)(event, url=self._url, error=str(exc), **extra)
         return delay_s
 

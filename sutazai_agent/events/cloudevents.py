@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
-from sutazai_agent.core.model import State, Transition
+from sutazai_agent.core.model import State, Transition, format_time
 
 SPEC_VERSION = "1.0"
 EVENT_TYPE = "io.sutazai.service.health.changed"
@@ -28,15 +27,6 @@ def routing_key(service: str, state: State) -> str:
 
 def source(agent_id: str) -> str:
     return f"{APP_ID}/{agent_id}"
-
-
-def format_time(at: datetime) -> str:
-    """RFC 3339 in UTC with milliseconds and ``Z``: ``2026-11-26T10:00:00.123Z``.
-
-    A naive datetime is taken to be UTC already.
-    """
-    utc = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
 def build_event(

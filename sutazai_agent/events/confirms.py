@@ -25,7 +25,10 @@ off as an outage.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
+
+from sutazai_agent.core.backoff import Backoff
 
 
 def next_batch_size(
@@ -69,8 +72,12 @@ async def settle(tasks: list[asyncio.Task[object]], timeout_s: float) -> bool:
 
 @dataclass(slots=True)
 class Hold:
-    attempts: int
-    until: float
+    backoff: Backoff
+    until: float = 0.0
+
+    @property
+    def attempts(self) -> int:
+        return self.backoff.failures
 
 
 class Holds:
@@ -78,17 +85,20 @@ class Holds:
     at its limit). Their events wait, retried with exponential backoff; other services' events
     never wait behind them. Pure bookkeeping on a clock given by the caller."""
 
-    def __init__(self, min_backoff_s: float, max_backoff_s: float) -> None:
+    def __init__(
+        self, min_backoff_s: float, max_backoff_s: float, rng: random.Random | None = None
+    ) -> None:
         self._min_s = min_backoff_s
         self._max_s = max_backoff_s
+        self._rng = rng
         self._holds: dict[str, Hold] = {}
 
-    def hold(self, service: str, now: float, jitter: float = 1.0) -> Hold:
+    def hold(self, service: str, now: float) -> Hold:
         """The service's event was rejected (again): hold it for the next backoff."""
-        previous = self._holds.get(service)
-        attempts = 1 if previous is None else previous.attempts + 1
-        delay_s = min(self._max_s, self._min_s * float(2 ** min(attempts - 1, 30))) * jitter
-        hold = self._holds[service] = Hold(attempts, now + delay_s)
+        hold = self._holds.get(service)
+        if hold is None:
+            hold = self._holds[service] = Hold(Backoff(self._min_s, self._max_s, self._rng))
+        hold.until = now + hold.backoff.next()
         return hold
 
     def release(self, service: str) -> Hold | None:

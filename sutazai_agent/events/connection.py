@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
 
 import aio_pika
 import structlog
@@ -18,6 +17,7 @@ from aio_pika.abc import (
 from aio_pika.connection import make_url
 
 from sutazai_agent.config import redact_url
+from sutazai_agent.core.secrets import Scrubber
 
 log = structlog.get_logger("sutazai_agent.events.publisher")
 CLOSE_TIMEOUT_S = 5.0
@@ -39,7 +39,7 @@ class BrokerConnection:
         *,
         connect_timeout_s: float,
         reconnect_interval_s: float,
-        secrets: Iterable[str],
+        scrubber: Scrubber,
         closing: asyncio.Event,
         reconnected: asyncio.Event,
     ) -> None:
@@ -48,7 +48,7 @@ class BrokerConnection:
         self._name = name
         self._connect_timeout_s = connect_timeout_s
         self._reconnect_interval_s = reconnect_interval_s
-        self._secrets = list(secrets)
+        self._scrubber = scrubber
         self._closing = closing
         self._reconnected = reconnected
         self._connection: AbstractRobustConnection | None = None
@@ -115,7 +115,7 @@ class BrokerConnection:
 
     def _on_connection_lost(self, _: object, exc: BaseException | None) -> None:
         if not self._closing.is_set() and exc is not None:
-            log.debug("event_broker_connection_lost", error=describe(exc, self._secrets))
+            log.debug("event_broker_connection_lost", error=self._scrubber.error(exc))
 
 
 async def close(connection: AbstractRobustConnection) -> None:
@@ -123,11 +123,3 @@ async def close(connection: AbstractRobustConnection) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
             await connection.close()
-
-
-def describe(exc: BaseException, secrets: Iterable[str] = ()) -> str:
-    """``Type: message`` with every secret replaced by ``***``, bounded."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text[:300]

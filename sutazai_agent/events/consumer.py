@@ -16,7 +16,7 @@ import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import ExchangeType
 
-from sutazai_agent.config import redact_url, url_password
+from sutazai_agent.core.secrets import Scrubber, redact_url, url_password
 from sutazai_agent.events import cloudevents as events
 
 DEFAULT_BINDING = "health.#"
@@ -82,11 +82,5 @@ async def tail(
 
 
 def _complain(err: TextIO, what: str, exc: BaseException | None, url: str) -> None:
-    reason = ""
-    if exc is not None:
-        detail = str(exc)
-        reason = f": {type(exc).__name__}" + (f": {detail}" if detail else "")
-    password = url_password(url)
-    if password:
-        reason = reason.replace(password, "***")
+    reason = "" if exc is None else f": {Scrubber([url_password(url) or '']).error(exc)}"
     print(f"sutazai-agent: {what}{reason}", file=err)

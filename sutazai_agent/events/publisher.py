@@ -36,9 +36,13 @@ from aio_pika.abc import (
 )
 
 from sutazai_agent.config import RabbitmqConfig, redact_url, url_password
+from sutazai_agent.core.backoff import Backoff
+from sutazai_agent.core.model import format_time
+from sutazai_agent.core.outage import Outage
+from sutazai_agent.core.secrets import Scrubber
 from sutazai_agent.events import cloudevents as events
 from sutazai_agent.events.confirms import Holds, next_batch_size, settle
-from sutazai_agent.events.connection import BrokerConnection, BrokerUnavailableError, describe
+from sutazai_agent.events.connection import BrokerConnection, BrokerUnavailableError
 from sutazai_agent.events.outbox import StoredEvent
 from sutazai_agent.web.metrics import Metrics
 
@@ -93,11 +97,10 @@ class RabbitPublisher:
         self._publish_timeout_s = publish_timeout_s
         # Jitter per agent, so a fleet does not reconnect in lockstep after a broker restart.
         jitter = random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not cryptography
-        self._min_backoff_s = min_backoff_s
-        self._max_backoff_s = max_backoff_s
+        self._backoff = Backoff(min_backoff_s, max_backoff_s)
         self._idle_poll_s = idle_poll_s
         password = url_password(config.url)
-        self._secrets = sorted({p for p in (password, password and unquote(password)) if p})
+        self._scrubber = Scrubber(p for p in (password, password and unquote(password)) if p)
         self._wake = asyncio.Event()
         self._reconnected = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -108,17 +111,16 @@ class RabbitPublisher:
             f"{events.APP_ID}/{agent_id}",
             connect_timeout_s=connect_timeout_s,
             reconnect_interval_s=round(reconnect_interval_s * jitter, 3),
-            secrets=self._secrets,
+            scrubber=self._scrubber,
             closing=self._closing,
             reconnected=self._reconnected,
         )
-        self._failures = 0
-        self._outage_since: float | None = None
+        self._outage = Outage()
+        self._ack_outage = Outage()
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
         self._holds = Holds(min_backoff_s, max_backoff_s)
         self._unacked: list[str] = []
-        self._ack_failing_since: float | None = None
 
     # --- Publisher role -------------------------------------------------------------------
     def wake(self) -> None:
@@ -135,7 +137,7 @@ class RabbitPublisher:
             "last_error": self._last_error,
             "last_error_at": None
             if self._last_error_at is None
-            else events.format_time(self._last_error_at),
+            else format_time(self._last_error_at),
         }
 
     @property
@@ -165,12 +167,12 @@ class RabbitPublisher:
                 published = await self._drain_once()
             except OutboxAckError as exc:
                 self._ack_failed(exc)
-                await self._pause(self._backoff_s())
+                await self._pause(self._backoff.next())
             except Exception as exc:  # noqa: BLE001 - loop boundary: log, count, back off, retry
                 if self._closing.is_set():
                     return
                 self._failed(exc)
-                await self._pause(self._backoff_s())
+                await self._pause(self._backoff.next())
             else:
                 self._recovered()
                 if published == 0:
@@ -192,11 +194,11 @@ class RabbitPublisher:
                         published = await self._drain_once()
                     except OutboxAckError as exc:
                         self._ack_failed(exc)
-                        await self._pause(self._backoff_s())
+                        await self._pause(self._backoff.next())
                         continue
                     except Exception as exc:  # noqa: BLE001 - retry until the deadline
                         self._failed(exc)
-                        await self._pause(self._backoff_s())
+                        await self._pause(self._backoff.next())
                         continue
                     self._recovered()
                     if published == 0:
@@ -266,7 +268,7 @@ class RabbitPublisher:
                 return len(done)
             failure = PublishFailedError(
                 f"{len(rows) - len(done) - len(rejected)} of {len(rows)} events not confirmed:"
-                f" {describe(error)}"
+                f" {self._scrubber.error(error)}"
             )
             if timed_out and done:
                 self._slow(failure, confirmed=len(done), sent=len(rows))
@@ -281,14 +283,10 @@ class RabbitPublisher:
             self._unacked = list(dict.fromkeys([*self._unacked, *ids]))
             raise OutboxAckError(f"cannot delete {len(self._unacked)} confirmed events") from exc
         if self._unacked:
-            log.info(
-                "outbox_ack_recovered",
-                outage_s=round(time.monotonic() - (self._ack_failing_since or 0.0), 3),
-                deleted=len(self._unacked),
-            )
+            outage_s = self._ack_outage.recovered()
+            log.info("outbox_ack_recovered", outage_s=outage_s, deleted=len(self._unacked))
             self._unacked = []
-            self._ack_failing_since = None
-            self._failures = 0
+            self._backoff.reset()
 
     def _unroutable(self, row: StoredEvent) -> None:
         self._metrics.events_unroutable.inc()
@@ -304,7 +302,7 @@ class RabbitPublisher:
     def _rejected(self, row: StoredEvent) -> None:
         """The broker nacked ``row``: hold its service's events back, with backoff."""
         self._metrics.events_publish_failures.inc()
-        hold = self._holds.hold(row.service, time.monotonic(), random.uniform(0.5, 1.0))  # noqa: S311
+        hold = self._holds.hold(row.service, time.monotonic())
         fields = {
             "event_id": row.id,
             "service": row.service,
@@ -359,18 +357,11 @@ class RabbitPublisher:
             async with asyncio.timeout(delay_s):
                 await self._reconnected.wait()
 
-    def _backoff_s(self) -> float:
-        exponent = min(max(self._failures - 1, 0), 30)
-        ceiling = min(self._max_backoff_s, self._min_backoff_s * float(2**exponent))
-        return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
-
     def _failed(self, exc: BaseException) -> None:
-        self._failures += 1
         self._metrics.events_publish_failures.inc()
-        self._last_error = describe(exc, self._secrets)
+        self._last_error = self._scrubber.error(exc)
         self._last_error_at = datetime.now(UTC)
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
+        if self._outage.failed():
             log.warning(
                 "event_publish_failed",
                 error=self._last_error,
@@ -379,16 +370,16 @@ class RabbitPublisher:
                 will_retry=True,
             )
         else:
-            log.debug("event_publish_retry_failed", error=self._last_error, attempt=self._failures)
+            log.debug(
+                "event_publish_retry_failed", error=self._last_error, attempt=self._outage.failures
+            )
 
     def _ack_failed(self, exc: OutboxAckError) -> None:
         """The outbox cannot delete confirmed events (disk full...): an outbox failure, not a
         broker one. Counted, logged once with the real cause; the delete is retried alone."""
-        self._failures += 1
         self._metrics.outbox_write_failures.inc()
-        cause = describe(exc.__cause__ or exc)
-        if self._ack_failing_since is None:
-            self._ack_failing_since = time.monotonic()
+        cause = self._scrubber.error(exc.__cause__ or exc)
+        if self._ack_outage.failed():
             log.error(
                 "outbox_ack_failed",
                 error=cause,
@@ -396,12 +387,12 @@ class RabbitPublisher:
                 action="will retry the delete; nothing is published again",
             )
         else:
-            log.debug("outbox_ack_retry_failed", error=cause, attempt=self._failures)
+            log.debug("outbox_ack_retry_failed", error=cause, attempt=self._ack_outage.failures)
 
     def _slow(self, exc: BaseException, *, confirmed: int, sent: int) -> None:
         """A batch timed out after confirming a prefix: count it, but it is no outage."""
         self._metrics.events_publish_failures.inc()
-        self._last_error = describe(exc, self._secrets)
+        self._last_error = self._scrubber.error(exc)
         self._last_error_at = datetime.now(UTC)
         log.info(
             "event_publish_slow",
@@ -413,16 +404,17 @@ class RabbitPublisher:
         )
 
     def _recovered(self) -> None:
-        if self._outage_since is None:
+        failures = self._outage.failures
+        outage_s = self._outage.recovered()
+        if outage_s is None:
             return
+        self._backoff.reset()
         log.info(
             "event_publisher_recovered",
-            outage_s=round(time.monotonic() - self._outage_since, 3),
-            failed_attempts=self._failures,
+            outage_s=outage_s,
+            failed_attempts=failures,
             pending=self._source.pending(),
         )
-        self._outage_since = None
-        self._failures = 0
 
 
 MIN_WAIT_S = 0.001

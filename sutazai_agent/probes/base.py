@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import codecs
-import errno
 import json
-import re
 import socket
 import ssl
 import time
@@ -22,7 +20,8 @@ import aiohttp
 from yarl import URL
 
 from sutazai_agent import __version__
-from sutazai_agent.core.model import Outcome, ProbeResult
+from sutazai_agent.core.model import Outcome, ProbeResult, os_reason
+from sutazai_agent.core.secrets import scrub_urls
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -34,17 +33,6 @@ HEADER_LINE_LIMIT = 8190
 """Longest status line or header field accepted from a target (aiohttp's default)."""
 
 USER_AGENT = f"sutazai-agent/{__version__}"
-
-_ERRNO_REASONS = {
-    errno.ECONNREFUSED: "connection refused",
-    errno.ECONNRESET: "connection reset",
-    errno.ECONNABORTED: "connection aborted",
-    errno.EHOSTUNREACH: "host unreachable",
-    errno.ENETUNREACH: "network unreachable",
-    errno.ETIMEDOUT: "connect timed out",
-    errno.EPIPE: "broken pipe",
-}
-_USERINFO = re.compile(r"(//[^/@\s:]*):[^/@\s]*@")
 
 
 def make_session(limit: int = 100) -> aiohttp.ClientSession:
@@ -155,23 +143,6 @@ def seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def scrub(text: str) -> str:
-    """Hide the password of any URL in ``text`` (``//user:secret@`` → ``//user:***@``)."""
-    return _USERINFO.sub(r"\1:***@", text)
-
-
-def _os_reason(exc: OSError) -> str:
-    if exc.errno in _ERRNO_REASONS:
-        return _ERRNO_REASONS[exc.errno]
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    if exc.strerror:
-        return exc.strerror.lower()
-    return scrub(str(exc)) or type(exc).__name__
-
-
 def _tls_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = f" ({exc.verify_message})" if exc.verify_message else ""
@@ -179,7 +150,7 @@ def _tls_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         why = getattr(exc, "reason", None) or exc.strerror or str(exc)
         return f"TLS: {why.lower().replace('_', ' ')}"
-    return f"TLS: {scrub(str(exc))}"
+    return f"TLS: {scrub_urls(str(exc))}"
 
 
 def _client_reason(exc: aiohttp.ClientError) -> str:
@@ -190,7 +161,7 @@ def _client_reason(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return f"DNS: cannot resolve {exc.host}"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return _os_reason(exc.os_error)
+        return os_reason(exc.os_error)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection without a response"
     if isinstance(exc, aiohttp.TooManyRedirects):
@@ -199,12 +170,12 @@ def _client_reason(exc: aiohttp.ClientError) -> str:
         return "invalid URL"
     if isinstance(exc, aiohttp.ClientResponseError):
         # raise_for_status is off, so this is a response aiohttp could not parse.
-        return f"invalid HTTP response: {scrub(exc.message)}"
+        return f"invalid HTTP response: {scrub_urls(exc.message)}"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "response body broken off"
     if isinstance(exc, OSError):
-        return _os_reason(exc)
-    return f"{type(exc).__name__}: {scrub(str(exc))}".rstrip(": ")
+        return os_reason(exc)
+    return f"{type(exc).__name__}: {scrub_urls(str(exc))}".rstrip(": ")
 
 
 def error_reason(exc: BaseException, timeout_s: float) -> str:
@@ -220,8 +191,8 @@ def error_reason(exc: BaseException, timeout_s: float) -> str:
     if isinstance(exc, socket.gaierror):
         return f"DNS: {(exc.strerror or str(exc)).lower()}"
     if isinstance(exc, OSError):
-        return _os_reason(exc)
-    text = scrub(str(exc))
+        return os_reason(exc)
+    text = scrub_urls(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -1,9 +1,9 @@
 """A lean HTTP/1.1 exchange for ``http`` probes: one connection, one request, a bounded parse.
 
-At thousands of targets the HTTP probe's cost was almost all aiohttp's client machinery
-(happy-eyeballs socket set-up in Python, request and header building, response objects) for
-what a probe needs: open a connection, write one request, read a status line, a few headers
-and at most ``BODY_LIMIT`` bytes of body, and close. ``Exchange`` does exactly that on an
+A probe needs far less than a general HTTP client: open a connection, write one request, read
+a status line, a few headers and at most ``BODY_LIMIT`` bytes of body, and close. At thousands
+of targets a client's generality is what the agent's CPU goes to (``docs/performance.md``).
+``Exchange`` does exactly what a probe needs on an
 ``asyncio.Protocol``: the request bytes are built once per probe, the connection is made by
 the loop (uvloop's C code when installed), and the response is parsed as it arrives.
 
@@ -12,7 +12,7 @@ What it keeps of a probe's contract:
 - a fresh connection per probe, so a listener that stopped accepting is seen at once;
 - ``Connection: close`` is sent, so the target closes first and the prober's side holds no
   TIME_WAIT; a response cut short at ``BODY_LIMIT`` is aborted instead of drained;
-- limits as before (status and header lines ≤ 8190 bytes, ≤ 128 header fields, body read to
+- aiohttp's limits (status and header lines ≤ 8190 bytes, ≤ 128 header fields, body read to
   64 KiB), and every malformed answer is a ``ProbeError`` whose message is the reason
   (``http1_parser``);
 - ``https`` through the loop's TLS with a context built once per probe.

@@ -20,6 +20,7 @@ import aiormq.exceptions
 from yarl import URL
 
 from sutazai_agent.core.model import Outcome, ProbeResult
+from sutazai_agent.core.secrets import scrub_urls
 from sutazai_agent.probes.base import (
     Reply,
     basic_auth,
@@ -29,7 +30,6 @@ from sutazai_agent.probes.base import (
     failed_after,
     fetch,
     outcome_for,
-    scrub,
 )
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def amqp_reason(exc: BaseException, timeout_s: float) -> str:
     ):
         text = str(exc.args[0]) if exc.args else ""
         text = text.split(". For details", 1)[0]
-        return f"authentication failed: {scrub(text)}" if text else "authentication failed"
+        return f"authentication failed: {scrub_urls(text)}" if text else "authentication failed"
     if isinstance(exc, aiormq.exceptions.IncompatibleProtocolError):
         return "not an AMQP 0-9-1 server"
     if isinstance(exc, aiormq.exceptions.InvalidFrameError):

@@ -137,13 +137,9 @@ class ServiceFamilies:
         return [up, state, duration, probes, changes]
 
     # --- the fast path ---------------------------------------------------------------------
-    def render(self, openmetrics: bool = False) -> str:
-        """The five families as exposition text (Prometheus 0.0.4, or OpenMetrics without
-        the final ``# EOF``)."""
-        return "".join(self.chunks(openmetrics))
-
     def chunks(self, openmetrics: bool = False, size: int = CHUNK_SERVICES) -> Iterator[str]:
-        """``render`` in pieces of at most ``size`` services, so that a caller on the event
+        """The five families as exposition text (Prometheus 0.0.4, or OpenMetrics without the
+        final ``# EOF``) in pieces of at most ``size`` services, so that a caller on the event
         loop can let the probes run between them. Reads a snapshot of the service list; a
         histogram's +Inf bucket and count come from the same reads."""
         all_series = list(self.series.values())
@@ -201,7 +197,7 @@ class ServiceFamilies:
 
 
 class MetricsRegistry(CollectorRegistry):
-    """A registry whose per-service families render fast (``exposition``).
+    """A registry whose per-service families render fast (``exposition_chunks``).
 
     Everything else registered here is also kept in ``core``, so that prometheus_client
     encodes only the few fixed metrics and ``ServiceFamilies`` renders the rest itself.
@@ -220,10 +216,6 @@ class MetricsRegistry(CollectorRegistry):
     def unregister(self, collector: Collector) -> None:
         super().unregister(collector)
         self.core.unregister(collector)
-
-    def exposition(self, openmetrics: bool = False) -> bytes:
-        """The whole /metrics body at once (~0.3 s at 10,000 services)."""
-        return b"".join(self.exposition_chunks(openmetrics))
 
     def exposition_chunks(self, openmetrics: bool = False) -> Iterator[bytes]:
         """The /metrics body in pieces of a few milliseconds' work each."""

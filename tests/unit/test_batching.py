@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from sutazai_agent.events.confirms import Holds, next_batch_size
@@ -55,8 +57,13 @@ def test_timeouts_then_successes_converge_back_to_the_ceiling() -> None:
     assert sizes == [44, 30, 60, 120, 240, 256]
 
 
+class NoJitter(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
 def test_a_rejected_service_is_held_with_growing_backoff_and_released_on_a_confirm() -> None:
-    holds = Holds(min_backoff_s=0.5, max_backoff_s=4.0)
+    holds = Holds(min_backoff_s=0.5, max_backoff_s=4.0, rng=NoJitter())
     assert holds.waiting(0.0) == []
     assert holds.next_until(0.0) is None
     delays = [holds.hold("kong", 0.0).until for _ in range(6)]

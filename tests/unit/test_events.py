@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import jsonschema
 import pytest
 
-from sutazai_agent.core.model import Outcome, ProbeResult, State, Transition
+from sutazai_agent.core.model import Outcome, ProbeResult, State, Transition, format_time
 from sutazai_agent.events import cloudevents as events
 
 # CloudEvents 1.0 (spec.md "Context Attributes" and json-format.md), as a JSON schema.
@@ -127,7 +127,7 @@ def test_every_event_has_a_new_id_unless_one_is_given() -> None:
     ],
 )
 def test_time_is_rfc3339_utc_with_milliseconds(at: datetime, expected: str) -> None:
-    formatted = events.format_time(at)
+    formatted = format_time(at)
     assert formatted == expected
     assert TIME_RE.match(formatted)
     event = events.build_event(transition(at=at), agent_id="n", sequence=1, epoch=EPOCH)

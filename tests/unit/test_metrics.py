@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from sutazai_agent.config import AgentConfig, describe
 from sutazai_agent.core.model import Outcome, State
-from sutazai_agent.web.metrics import Metrics
+from sutazai_agent.web.metrics import Metrics, MetricsRegistry
 
 
 def samples(families: object) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
@@ -34,9 +34,15 @@ def busy_metrics(buckets: tuple[float, ...] = (0.01, 0.1)) -> Metrics:
     return metrics
 
 
+def exposition(metrics: Metrics, openmetrics: bool = False) -> bytes:
+    registry = metrics.registry
+    assert isinstance(registry, MetricsRegistry)
+    return b"".join(registry.exposition_chunks(openmetrics))
+
+
 def test_fast_text_matches_prometheus_client() -> None:
     metrics = busy_metrics()
-    fast = metrics.registry.exposition().decode()  # type: ignore[attr-defined]
+    fast = exposition(metrics).decode()
     slow = generate_latest(metrics.registry).decode()
     assert samples(parse_text(fast)) == samples(parse_text(slow))
     assert 'sutazai_agent_probe_duration_seconds_bucket{kind="tcp",le="0.1",service="db"} 2.0' in (
@@ -47,7 +53,7 @@ def test_fast_text_matches_prometheus_client() -> None:
 
 def test_fast_openmetrics_parses_and_ends_with_eof() -> None:
     metrics = busy_metrics()
-    text = metrics.registry.exposition(openmetrics=True).decode()  # type: ignore[attr-defined]
+    text = exposition(metrics, openmetrics=True).decode()
     assert text.endswith("# EOF\n")
     assert text.count("# EOF") == 1
     names = {family.name for family in parse_om(text)}
@@ -56,7 +62,7 @@ def test_fast_openmetrics_parses_and_ends_with_eof() -> None:
 
 def test_bucket_count_sets_the_series_per_service() -> None:
     metrics = busy_metrics(buckets=())
-    text = metrics.registry.exposition().decode()  # type: ignore[attr-defined]
+    text = exposition(metrics).decode()
     lines = [line for line in text.splitlines() if 'service="db"' in line]
     # up 1, state 4, duration +Inf/count/sum 3, probes 4, state changes 1
     assert len(lines) == 13

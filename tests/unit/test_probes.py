@@ -18,7 +18,7 @@ from sutazai_agent.config import (
 )
 from sutazai_agent.core.model import Outcome, ProbeResult
 from sutazai_agent.probes import BACKSTOP_GRACE_S, PROBES, build_probe, make_session, run_probe
-from sutazai_agent.probes.base import clock, error_reason, failure, scrub
+from sutazai_agent.probes.base import clock, error_reason, failure
 from sutazai_agent.probes.consul import ConsulProbe
 from sutazai_agent.probes.http import HttpProbe
 from sutazai_agent.probes.kong import KongProbe
@@ -127,12 +127,6 @@ def test_every_configurable_kind_has_a_probe() -> None:
 )
 def test_error_reasons_are_short_and_say_what_happened(exc: BaseException, reason: str) -> None:
     assert error_reason(exc, 5.0).startswith(reason)
-
-
-def test_scrub_hides_passwords_but_keeps_the_rest() -> None:
-    assert scrub("amqp://guest:s3cret@rabbit:5672/ and http://h/") == (
-        "amqp://guest:***@rabbit:5672/ and http://h/"
-    )
 
 
 def test_a_timed_out_probe_took_its_timeout_at_least() -> None:

@@ -16,7 +16,6 @@ from sutazai_agent.consul.client import (
     ConsulUnavailableError,
 )
 from sutazai_agent.consul.ledger import (
-    Backoff,
     BeatSchedule,
     Entry,
     Ledger,
@@ -121,24 +120,6 @@ def test_is_ours_needs_both_marks() -> None:
     assert is_ours(listed(), "node-1")
     assert not is_ours(listed(), "node-2")
     assert not is_ours(listed(meta={"agent-id": "node-1"}), "node-1")
-
-
-def test_backoff_grows_with_jitter_up_to_the_cap_and_resets() -> None:
-    backoff = Backoff(initial_s=1.0, cap_s=30.0, rng=random.Random(7))
-    delays = [backoff.next() for _ in range(10)]
-    steps = [1, 2, 4, 8, 16, 30, 30, 30, 30, 30]
-    assert all(step / 2 <= d <= step for d, step in zip(delays, steps, strict=True))
-    assert len(set(delays)) == len(delays)  # jittered
-    backoff.reset()
-    assert backoff.next() <= 1.0
-
-
-def test_backoff_survives_a_day_long_outage() -> None:
-    # 2.0 ** 1024 overflows: without a bounded exponent the registrar's retry loop died
-    # after some 8 hours of Consul being unreachable.
-    backoff = Backoff(initial_s=1.0, cap_s=30.0, rng=random.Random(7))
-    delays = [backoff.next() for _ in range(3000)]
-    assert all(15.0 <= d <= 30.0 for d in delays[10:])
 
 
 PG = TcpService(name="pg", kind="tcp", host="db", port=5432)
