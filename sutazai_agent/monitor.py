@@ -157,11 +157,7 @@ class Monitor:
         if self._outage.failed():
             self._failing_at = self._now()
             log.error(
-                "outbox_write_failed",
-                error=self._last_error,
-                pending=pending,
-                action="will retry",
-                exc_info=exc,
+                "outbox_write_failed", error=self._last_error, pending=pending, action="will retry"
             )
         else:
             log.debug(
