@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from sutazai_agent.core.backoff import Backoff
 
@@ -70,6 +71,14 @@ async def settle(tasks: list[asyncio.Task[object]], timeout_s: float) -> bool:
     return False
 
 
+class _Keyed(Protocol):
+    @property
+    def service(self) -> str: ...
+
+
+_Row = TypeVar("_Row", bound=_Keyed)
+
+
 @dataclass(slots=True)
 class Hold:
     backoff: Backoff
@@ -104,6 +113,22 @@ class Holds:
     def release(self, service: str) -> Hold | None:
         """One of the service's events was confirmed: its hold ends."""
         return self._holds.pop(service, None)
+
+    def probe_only(self, rows: list[_Row]) -> list[_Row]:
+        """A held service whose hold ended sends only its oldest event, alone, until one is
+        confirmed: each retry of a rejection also reaches the queues that accepted it, so
+        only one event is sent again, not the whole backlog behind it."""
+        if not self._holds:
+            return rows
+        seen: set[str] = set()
+        kept = []
+        for row in rows:
+            if row.service in self._holds:
+                if row.service in seen:
+                    continue
+                seen.add(row.service)
+            kept.append(row)
+        return kept
 
     def waiting(self, now: float) -> list[str]:
         """The services whose events must not be sent now."""

@@ -223,8 +223,10 @@ class RabbitPublisher:
             if self._unacked:  # confirmed earlier, delete failed: retry that, publish nothing
                 await self._ack(self._unacked)
             exchange = await self._ensure_exchange()
-            rows = await self._source.peek(
-                self._batch_limit, exclude=self._holds.waiting(time.monotonic())
+            rows = self._holds.probe_only(
+                await self._source.peek(
+                    self._batch_limit, exclude=self._holds.waiting(time.monotonic())
+                )
             )
             if not rows:
                 return 0

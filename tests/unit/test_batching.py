@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import pytest
 
@@ -78,3 +79,19 @@ def test_a_rejected_service_is_held_with_growing_backoff_and_released_on_a_confi
     assert released.attempts == 6
     assert holds.release("kong") is None
     assert holds.hold("kong", 10.0).until == 10.5  # a new rejection starts over
+
+
+@dataclass(frozen=True)
+class Row:
+    service: str
+    sequence: int
+
+
+def test_a_held_service_retries_with_its_oldest_event_alone() -> None:
+    holds = Holds(min_backoff_s=0.5, max_backoff_s=4.0, rng=NoJitter())
+    rows = [Row("kong", 1), Row("db", 1), Row("kong", 2), Row("db", 2), Row("kong", 3)]
+    assert holds.probe_only(rows) == rows
+    holds.hold("kong", 0.0)
+    assert holds.probe_only(rows) == [Row("kong", 1), Row("db", 1), Row("db", 2)]
+    holds.release("kong")
+    assert holds.probe_only(rows) == rows
