@@ -257,6 +257,19 @@ class Metrics:
             f"{PREFIX}_consul_registered_services",
             "Services this agent currently has registered in Consul.", registry=r,
         )  # fmt: skip
+        self.consul_conflicts = Gauge(
+            f"{PREFIX}_consul_conflicts",
+            "Configured service IDs whose Consul registration belongs to another owner.",
+            registry=r,
+        )  # fmt: skip
+        self.group_members = Gauge(
+            f"{PREFIX}_group_members", "Live members of this agent's group (1 alone).",
+            registry=r,
+        )  # fmt: skip
+        self.owned_services = Gauge(
+            f"{PREFIX}_owned_services", "Services this agent probes and announces now.",
+            registry=r,
+        )  # fmt: skip
         self.events_published = Counter(
             f"{PREFIX}_events_published", "Events confirmed by the broker.", registry=r
         )
