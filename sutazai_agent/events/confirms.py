@@ -29,6 +29,9 @@ import random
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import aiormq.exceptions
+import pamqp.commands
+
 from sutazai_agent.core.backoff import Backoff
 
 
@@ -141,3 +144,16 @@ class Holds:
 
     def attempts(self) -> dict[str, int]:
         return {service: hold.attempts for service, hold in self._holds.items()}
+
+
+def outcome(task: asyncio.Task[object]) -> object:
+    """A settled publish: its result (ack or returned message) or its exception."""
+    if task.cancelled():
+        return TimeoutError("no confirm in time")
+    return task.exception() or task.result()
+
+
+def is_nack(exc: BaseException) -> bool:
+    return isinstance(exc, aiormq.exceptions.DeliveryError) and isinstance(
+        exc.frame, pamqp.commands.Basic.Nack
+    )

@@ -27,8 +27,6 @@ from urllib.parse import unquote
 
 import aio_pika
 import aiormq.abc
-import aiormq.exceptions
-import pamqp.commands
 import structlog
 from aio_pika.abc import (
     AbstractExchange,
@@ -41,7 +39,7 @@ from sutazai_agent.core.model import format_time
 from sutazai_agent.core.outage import Outage
 from sutazai_agent.core.secrets import Scrubber
 from sutazai_agent.events import cloudevents as events
-from sutazai_agent.events.confirms import Holds, next_batch_size, settle
+from sutazai_agent.events.confirms import Holds, is_nack, next_batch_size, outcome, settle
 from sutazai_agent.events.connection import BrokerConnection, BrokerUnavailableError
 from sutazai_agent.events.outbox import StoredEvent
 from sutazai_agent.web.metrics import Metrics
@@ -241,15 +239,15 @@ class RabbitPublisher:
             error: BaseException | None = None
             rejected: dict[str, StoredEvent] = {}
             for row, task in zip(rows, tasks, strict=True):
-                outcome = _outcome(task)
-                if isinstance(outcome, BaseException):
-                    if _is_nack(outcome):
+                settled = outcome(task)
+                if isinstance(settled, BaseException):
+                    if is_nack(settled):
                         rejected.setdefault(row.service, row)
                     else:
-                        error = error or outcome
+                        error = error or settled
                     continue
                 done.append(row.id)
-                if isinstance(outcome, aiormq.abc.DeliveredMessage):
+                if isinstance(settled, aiormq.abc.DeliveredMessage):
                     self._unroutable(row)
                 else:
                     self._metrics.events_published.inc()
@@ -421,16 +419,3 @@ class RabbitPublisher:
 
 MIN_WAIT_S = 0.001
 """Never sleep less than this: uvloop turns shorter sleeps into a busy spin."""
-
-
-def _outcome(task: asyncio.Task[object]) -> object:
-    """A settled publish: its result (ack or returned message) or its exception."""
-    if task.cancelled():
-        return TimeoutError("no confirm in time")
-    return task.exception() or task.result()
-
-
-def _is_nack(exc: BaseException) -> bool:
-    return isinstance(exc, aiormq.exceptions.DeliveryError) and isinstance(
-        exc.frame, pamqp.commands.Basic.Nack
-    )
