@@ -19,17 +19,18 @@ unwritten transitions are dropped and counted, so a long disk failure cannot exh
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from sutazai_agent.config import AgentConfig, ServiceConfig
+from sutazai_agent.config import AgentConfig, ServiceConfig, ServiceSpec, service_specs
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.health import HealthMachine
 from sutazai_agent.core.model import (
+    KnownState,
     ProbeResult,
     State,
     Transition,
@@ -67,6 +68,7 @@ class Monitor:
         metrics: Metrics,
         now: Callable[[], datetime] = utcnow,
         max_pending: int = MAX_PENDING,
+        services: Iterable[ServiceConfig] | None = None,
     ) -> None:
         self._sink = sink
         self._max_pending = max_pending
@@ -81,26 +83,72 @@ class Monitor:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._ready = False
         self.views: dict[str, ServiceView] = {}
         self._last_error: str | None = None
         self._failing_at: datetime | None = None
-        known = sink.known_states()
-        for service in config.services:
-            machine = HealthMachine(
-                service.name, service.kind, config.rise_for(service), config.fall_for(service)
-            )
+        specs = service_specs(config, config.services if services is None else services)
+        self.add(specs.values())
+
+    # --- the set of services (start and reload) ------------------------------------------
+    def add(self, specs: Iterable[ServiceSpec]) -> None:
+        """Start following these services, from their last announced state if any (as at
+        start: a service removed and added again continues its sequence)."""
+        known: Mapping[str, KnownState] = self._sink.known_states()
+        for spec in specs:
+            service = spec.service
+            machine = HealthMachine(service.name, service.kind, spec.rise, spec.fall)
             restored = known.get(service.name)
             if restored is not None:
-                machine.restore(restored.state, restored.since)
+                machine.restore(restored.state, restored.since)  # provisional: not reported
             self.views[service.name] = ServiceView(service, machine)
-            metrics.set_state(service.name, service.kind, State.UNKNOWN, State.UNKNOWN)
+            self._metrics.set_state(service.name, service.kind, State.UNKNOWN, State.UNKNOWN)
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Forget these services: their view, their metric series, their registration (the
+        registrar deregisters it when it is ours). Their stored state and sequence stay in
+        the outbox."""
+        for name in names:
+            view = self.views.pop(name, None)
+            if view is None:
+                continue
+            self._metrics.forget(name)
+            self._registrar.forget(view.config)
+
+    def update(self, specs: Iterable[ServiceSpec]) -> None:
+        """Apply new settings to followed services. The health state, its streak and the
+        sequence are kept: the next probes decide, with the usual rise and fall, so a change
+        of settings alone is never a health change. The registration is redone when it
+        differs (the registrar compares), and moved when the service id changed."""
+        for spec in specs:
+            view = self.views[spec.name]
+            old, new = view.config, spec.service
+            machine = view.machine
+            machine.rise, machine.fall = spec.rise, spec.fall
+            state = machine.state if machine.confirmed else State.UNKNOWN
+            if old.kind != new.kind:
+                machine.kind = new.kind
+                self._metrics.forget(new.name)  # the kind is a label of the probe series
+                self._metrics.set_state(new.name, new.kind, State.UNKNOWN, state)
+            if old.id != new.id or not new.register_service:
+                self._registrar.forget(old)
+            view.config = new
+            if machine.confirmed:  # never from a stored state: the next probe decides
+                self._registrar.observe(new, state)
 
     def ready(self) -> bool:
-        """True once every service has had a probe result."""
-        return all(view.last is not None for view in self.views.values())
+        """True once every service has had a probe result; it stays true after that (a
+        service added by a reload does not make a running agent unready)."""
+        if not self._ready:
+            self._ready = all(view.last is not None for view in self.views.values())
+        return self._ready
 
-    def record(self, name: str, result: ProbeResult) -> None:
-        view = self.views[name]
+    def record(self, name: str, result: ProbeResult, service: ServiceConfig | None = None) -> None:
+        """Feed a probe result. A result for a service no longer followed, or (``service``
+        given) probed with settings since replaced, is dropped."""
+        view = self.views.get(name)
+        if view is None or (service is not None and view.config is not service):
+            return
         at = self._now()
         first = view.last is None
         view.last, view.last_at = result, at
@@ -129,7 +177,7 @@ class Monitor:
             )
 
     async def run(self) -> None:
-        """Write transitions to the outbox in batches, then let the others react."""
+        """Write transitions to the outbox in batches; wake the publisher after each."""
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -291,12 +291,25 @@ class Metrics:
             f"{PREFIX}_outbox_write_failures",
             "Failed attempts to write transitions to the outbox (will retry).", registry=r,
         )  # fmt: skip
+        self.config_last_reload_successful = Gauge(
+            f"{PREFIX}_config_last_reload_successful",
+            "1 if the last configuration reload (or the start) succeeded, else 0.", registry=r,
+        )  # fmt: skip
+        self.config_last_reload_success_timestamp = Gauge(
+            f"{PREFIX}_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start or reload).",
+            registry=r,
+        )  # fmt: skip
         self.build_info = Info(f"{PREFIX}_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
 
     def service(self, name: str, kind: str) -> ServiceSeries:
         """The series of one service, created (all at 0, state unknown) on first use."""
         return self.services.get(name, kind)
+
+    def forget(self, name: str) -> None:
+        """Drop every per-service series of ``name`` (a service no longer configured)."""
+        self.services.series.pop(name, None)
 
     def observe_probe(self, name: str, kind: str, outcome: Outcome, latency_s: float) -> None:
         self.services.observe(self.services.get(name, kind), outcome, latency_s)
