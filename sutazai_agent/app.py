@@ -414,11 +414,15 @@ class Agent:
 
 
 async def check_once(config: AgentConfig) -> list[tuple[ServiceConfig, ProbeResult]]:
-    """Probe every service once, concurrently (the ``check`` command)."""
+    """Probe every service once, concurrently (the ``check`` command): ``max_concurrency``
+    probes at most in flight, as the daemon's scheduler allows."""
+    slots = asyncio.Semaphore(config.max_concurrency)
     async with make_session(config.max_concurrency) as session:
 
         async def one(service: ServiceConfig) -> tuple[ServiceConfig, ProbeResult]:
             timeout_s = config.timeout_for(service)
-            return service, await run_probe(build_probe(service, session, timeout_s), timeout_s)
+            async with slots:
+                result = await run_probe(build_probe(service, session, timeout_s), timeout_s)
+            return service, result
 
         return list(await asyncio.gather(*(one(s) for s in config.services)))

@@ -55,8 +55,6 @@ REQUIRED_METRICS = {
     "sutazai_agent_outbox_write_failures_total",
     "sutazai_agent_scheduler_lag_seconds_bucket",
     "sutazai_agent_config_last_reload_successful",
-    "sutazai_agent_group_members",
-    "sutazai_agent_owned_services",
 }
 # Grafana's $__rate_interval is max($__interval + scrape interval, 4 x scrape interval); with
 # the test's 1 s scrapes, 15 s holds enough samples for every rate().
