@@ -26,13 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import aiormq.exceptions
 import pamqp.commands
 
 from sutazai_agent.core.backoff import Backoff
+
+if TYPE_CHECKING:
+    from sutazai_agent.events.outbox import StoredEvent
 
 
 def next_batch_size(
@@ -157,3 +161,21 @@ def is_nack(exc: BaseException) -> bool:
     return isinstance(exc, aiormq.exceptions.DeliveryError) and isinstance(
         exc.frame, pamqp.commands.Basic.Nack
     )
+
+
+class EventSource(Protocol):
+    """What the publisher needs of the outbox."""
+
+    def pending(self) -> int: ...
+
+    async def peek(self, limit: int, exclude: Collection[str] = ()) -> list[StoredEvent]: ...
+
+    async def ack(self, ids: Iterable[str]) -> int: ...
+
+
+class PublishFailedError(Exception):
+    """A batch was not fully confirmed; its unconfirmed events stay in the outbox."""
+
+
+class OutboxAckError(Exception):
+    """Confirmed events could not be deleted from the outbox; the delete is retried."""

@@ -20,9 +20,8 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
-from typing import Any, Protocol, Self
+from typing import Any, Self
 from urllib.parse import unquote
 
 import aio_pika
@@ -37,32 +36,24 @@ from sutazai_agent.config import RabbitmqConfig, redact_url, url_password
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.model import format_time
 from sutazai_agent.core.outage import Outage
+from sutazai_agent.core.scheduler import MIN_SLEEP_S
 from sutazai_agent.core.secrets import Scrubber
 from sutazai_agent.events import cloudevents as events
-from sutazai_agent.events.confirms import Holds, is_nack, next_batch_size, outcome, settle
+from sutazai_agent.events.confirms import (
+    EventSource,
+    Holds,
+    OutboxAckError,
+    PublishFailedError,
+    is_nack,
+    next_batch_size,
+    outcome,
+    settle,
+)
 from sutazai_agent.events.connection import BrokerConnection, BrokerUnavailableError
 from sutazai_agent.events.outbox import StoredEvent
 from sutazai_agent.web.metrics import Metrics
 
 log = structlog.get_logger(__name__)
-
-
-class EventSource(Protocol):
-    """What the publisher needs of the outbox."""
-
-    def pending(self) -> int: ...
-
-    async def peek(self, limit: int, exclude: Collection[str] = ()) -> list[StoredEvent]: ...
-
-    async def ack(self, ids: Iterable[str]) -> int: ...
-
-
-class PublishFailedError(Exception):
-    """A batch was not fully confirmed; its unconfirmed events stay in the outbox."""
-
-
-class OutboxAckError(Exception):
-    """Confirmed events could not be deleted from the outbox; the delete is retried."""
 
 
 class RabbitPublisher:
@@ -345,7 +336,7 @@ class RabbitPublisher:
         poll_s = self._idle_poll_s
         hold_s = self._holds.next_until(time.monotonic())
         if hold_s is not None:
-            poll_s = min(poll_s, max(hold_s, MIN_WAIT_S))
+            poll_s = min(poll_s, max(hold_s, MIN_SLEEP_S))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(poll_s):
                 await self._wake.wait()
@@ -415,7 +406,3 @@ class RabbitPublisher:
             failed_attempts=failures,
             pending=self._source.pending(),
         )
-
-
-MIN_WAIT_S = 0.001
-"""Never sleep less than this: uvloop turns shorter sleeps into a busy spin."""
