@@ -61,6 +61,7 @@ from sutazai_agent.consul.ledger import (
     ownership_filter,
     registration_payload,
 )
+from sutazai_agent.consul.pacing import BUDGET_S, Pacer, slow_threshold
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.model import State, format_optional_time, utcnow
 from sutazai_agent.core.outage import Outage
@@ -116,6 +117,7 @@ class ConsulRegistrar:
         self._ledger = Ledger(services)
         self._entries = self._ledger.entries
         self._backoff = Backoff(cap_s=BACKOFF_CAP_S, rng=self._rng)
+        self._pacer = Pacer(IN_FLIGHT_MAX, slow_threshold(config.timeout_s))
         self._pass_log = PassLog(LOG_EACH_MAX, _WARNINGS)
         self._wake = asyncio.Event()
         self._closed = False
@@ -219,6 +221,7 @@ class ConsulRegistrar:
             return self._failed(exc)
         finally:
             self._metrics.consul_registered_services.set(self._ledger.registered)
+            self._metrics.consul_registration_backlog.set(len(self._ledger.pending))
             for level, event, fields in self._pass_log.drain():
                 getattr(self._log, level)(event, **fields)
         return self._next_due()
@@ -250,11 +253,19 @@ class ConsulRegistrar:
         self._last_sync_at = utcnow()
 
     async def _apply_pending(self) -> None:
+        """Apply up to ``APPLY_MAX`` changes, ``pacer.window`` at a time, for at most
+        ``BUDGET_S``; what is left waits for the next pass, after the due heartbeats."""
         pending = self._ledger.pending
         entries = [self._entries[sid] for sid in itertools.islice(pending, APPLY_MAX)]
-        self._more_pending = len(pending) > len(entries)
-        for start in range(0, len(entries), IN_FLIGHT_MAX):
-            await self._together(self._apply, entries[start : start + IN_FLIGHT_MAX])
+        started = self._clock()
+        start = 0
+        while start < len(entries) and self._clock() - started < BUDGET_S:
+            size = self._pacer.window
+            group_started = self._clock()
+            await self._together(self._apply, entries[start : start + size])
+            self._pacer.done(self._clock() - group_started)
+            start += size
+        self._more_pending = len(pending) > 0
 
     async def _apply(self, entry: Entry, *, retry_lost: bool = True) -> None:
         """Write ``entry``'s pending change, if any; then file it under pending or not."""
@@ -322,11 +333,13 @@ class ConsulRegistrar:
                 raise result
 
     async def _beat(self, entry: Entry) -> None:
-        status = entry.status
+        status, due = entry.status, entry.next_beat_at
         if status is None:
             return
         try:
             await self._write_status(entry, status, "heartbeat")
+            if due is not None:  # how late Consul got it, against when it was due
+                self._metrics.consul_heartbeat_lag.observe(max(self._clock() - due, 0.0))
         except ConsulNotFoundError:
             # Consul lost it (restart, manual deregistration, reaped): restore it now.
             self._lost(entry)
@@ -383,6 +396,7 @@ class ConsulRegistrar:
             self._log.info("consul_recovered", url=self._url, outage_s=outage_s)
             self._last_error = None
             self._backoff.reset()
+            self._pacer.reset()
 
     def _failed(self, exc: ConsulError) -> float:
         kind = outage_kind(exc)

@@ -44,6 +44,7 @@ from sutazai_agent.core.model import Outcome, State
 
 PREFIX = "sutazai_agent"
 LAG_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+HEARTBEAT_LAG_BUCKETS_S = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0)
 STATES = tuple(State)
 OUTCOMES = tuple(Outcome)
 UP_STATES = frozenset({State.UP, State.DEGRADED})
@@ -256,6 +257,17 @@ class Metrics:
         self.consul_registered_services = Gauge(
             f"{PREFIX}_consul_registered_services",
             "Services this agent currently has registered in Consul.", registry=r,
+        )  # fmt: skip
+        self.consul_registration_backlog = Gauge(
+            f"{PREFIX}_consul_registration_backlog",
+            "Registration changes (register, check update, deregister) waiting to be written "
+            "to Consul.", registry=r,
+        )  # fmt: skip
+        self.consul_heartbeat_lag = Histogram(
+            f"{PREFIX}_consul_heartbeat_lag_seconds",
+            "How late a TTL heartbeat reached Consul after its due time (a heartbeat is due "
+            "every ttl_s / 3; later than 2/3 of the TTL, the check goes critical).",
+            buckets=HEARTBEAT_LAG_BUCKETS_S, registry=r,
         )  # fmt: skip
         self.events_published = Counter(
             f"{PREFIX}_events_published", "Events confirmed by the broker.", registry=r
