@@ -49,7 +49,10 @@ class Agent:
     def __init__(self, config: AgentConfig, clock: Clock = time.monotonic) -> None:
         self.config = config
         self._clock = clock
-        self.metrics = Metrics(probe_buckets_s=config.metrics.probe_duration_buckets_s)
+        self.metrics = Metrics(
+            probe_buckets_s=config.metrics.probe_duration_buckets_s,
+            per_service_histogram=config.metrics.per_service_histogram,
+        )
         self.started_at = utcnow()
         self.scheduler = Scheduler(
             clock, config.max_concurrency, self.metrics.scheduler_lag.observe
