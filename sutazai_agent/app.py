@@ -23,6 +23,8 @@ from prometheus_client import disable_created_metrics
 from sutazai_agent import __version__
 from sutazai_agent.config import AgentConfig, ServiceConfig
 from sutazai_agent.consul.client import ConsulClient
+from sutazai_agent.consul.group import Membership
+from sutazai_agent.consul.kv import ConsulKv
 from sutazai_agent.consul.registrar import ConsulRegistrar
 from sutazai_agent.core.model import ProbeResult, format_time, os_reason, utcnow
 from sutazai_agent.core.protocols import Clock, Probe
@@ -61,6 +63,7 @@ class Agent:
         self._exit_code = 0
         self._monitor: Monitor | None = None
         self._registrar: ConsulRegistrar | None = None
+        self._membership: Membership | None = None
         self._publisher: RabbitPublisher | None = None
         self._outbox: SqliteOutbox | None = None
         self.http_port: int | None = None
@@ -109,8 +112,23 @@ class Agent:
                     f"state_dir: cannot open the outbox in {config.state_dir}: {os_reason(exc)}"
                 ) from None
             consul = await stack.enter_async_context(ConsulClient(config.consul))
+            membership = Membership(
+                ConsulKv(consul),
+                config.agent_id,
+                config.group,
+                config.consul.ttl_s,
+                on_change=self._regroup,
+            )
+            self._membership = membership
+            stack.push_async_callback(membership.close)
             registrar = ConsulRegistrar(
-                consul, config.consul, config.agent_id, config.services, self.metrics, self._clock
+                consul,
+                config.consul,
+                config.agent_id,
+                config.services,
+                self.metrics,
+                self._clock,
+                ownership=membership,
             )
             publisher = await stack.enter_async_context(
                 RabbitPublisher(config.rabbitmq, config.agent_id, outbox, self.metrics)
@@ -150,6 +168,11 @@ class Agent:
         self._background = {
             asyncio.create_task(monitor.run(), name="outbox-writer"),
             asyncio.create_task(registrar.run(), name="registrar"),
+            *(
+                [asyncio.create_task(self._membership.run(), name="membership")]
+                if self._membership is not None
+                else []
+            ),
             asyncio.create_task(publisher.run(), name="publisher"),
         }
         done, _ = await asyncio.wait(
@@ -177,6 +200,8 @@ class Agent:
         name = service.name
 
         async def job() -> None:
+            if self._membership is not None and not self._membership.owns(name):
+                return  # another member's (or the holder's, as standby): probe nothing
             result: ProbeResult = await run_probe(probe, timeout_s)
             monitor.record(name, result)
 
@@ -187,8 +212,41 @@ class Agent:
         tick = self.scheduler.last_tick
         return tick is not None and self._clock() - tick < STALL_S
 
+    def _regroup(self) -> None:
+        """The role or the group's members changed: act on what this agent owns now."""
+        membership = self._membership
+        if membership is None:
+            return
+        if self._registrar is not None:
+            self._registrar.regroup()
+        owned = sum(membership.owns(s.name) for s in self.config.services)
+        self.metrics.group_members.set(len(membership.members))
+        self.metrics.owned_services.set(owned)
+
     def ready(self) -> bool:
-        return self._monitor is not None and self._monitor.ready()
+        membership, monitor = self._membership, self._monitor
+        if monitor is None or membership is None:
+            return False
+        if membership.role == "standby":
+            return False
+        return all(
+            view.last is not None for name, view in monitor.views.items() if membership.owns(name)
+        )
+
+    def _consul_status(self) -> dict[str, Any]:
+        status = {} if self._registrar is None else self._registrar.status()
+        if self._membership is not None and not status.get("last_error"):
+            status["last_error"] = self._membership.last_error
+        return status
+
+    def _services(self) -> list[dict[str, Any]]:
+        if self._monitor is None:
+            return []
+        services = self._monitor.snapshot()
+        if self._membership is not None:
+            for service in services:
+                service["owner"] = self._membership.owner(service["name"])
+        return services
 
     def status(self) -> dict[str, Any]:
         tick = self.scheduler.last_tick
@@ -197,9 +255,10 @@ class Agent:
                 "id": self.config.agent_id,
                 "version": __version__,
                 "started_at": format_time(self.started_at),
+                **({} if self._membership is None else self._membership.status()),
             },
-            "services": [] if self._monitor is None else self._monitor.snapshot(),
-            "consul": {} if self._registrar is None else self._registrar.status(),
+            "services": self._services(),
+            "consul": self._consul_status(),
             "rabbitmq": {} if self._publisher is None else self._publisher.status(),
             "outbox": {}
             if self._outbox is None

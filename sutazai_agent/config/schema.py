@@ -121,6 +121,7 @@ class AgentConfig(BaseSettings):
     )
 
     agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    group: str = Field(default="", max_length=128, pattern=r"^[A-Za-z0-9_.-]*$")
     interval_s: PositiveSeconds = 10.0
     timeout_s: PositiveSeconds = 5.0
     rise: Annotated[int, Field(ge=1)] = 2

@@ -97,6 +97,15 @@ class AgentCheck:
     service_name: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A decoded Consul answer: the HTTP status, ``X-Consul-Index`` (0 if none), the JSON."""
+
+    status: int
+    index: int
+    data: Any
+
+
 class ConsulAgentApi(Protocol):
     """What the registrar needs from Consul (``ConsulClient`` in production, fakes in tests)."""
 
@@ -107,6 +116,8 @@ class ConsulAgentApi(Protocol):
     async def update_ttl(self, check_id: str, status: CheckStatus, output: str = "") -> None: ...
 
     async def agent_services(self, filter_expr: str | None = None) -> dict[str, AgentService]: ...
+
+    async def agent_service(self, service_id: str) -> AgentService | None: ...
 
 
 class ConsulClient:
@@ -229,6 +240,18 @@ class ConsulClient:
             raise ConsulError("list", "agent services: expected a JSON object")
         return {str(key): _service("list", value) for key, value in data.items()}
 
+    async def agent_service(self, service_id: str) -> AgentService | None:
+        """``GET /v1/agent/service/<id>``: the local registration under ``service_id``, or
+        ``None`` (404 "unknown service ID")."""
+        path = f"/v1/agent/service/{_segment(service_id)}"
+        try:
+            data = await self._call("get", "GET", path)
+        except ConsulNotFoundError as exc:
+            if "unknown service id" in exc.message.lower():
+                return None
+            raise
+        return _service("get", data)
+
     async def agent_checks(self, filter_expr: str | None = None) -> dict[str, AgentCheck]:
         """``GET /v1/agent/checks``, optionally with a ``filter`` expression."""
         params = {"filter": filter_expr} if filter_expr else None
@@ -288,6 +311,24 @@ class ConsulClient:
         params: Mapping[str, str] | None = None,
     ) -> Any:
         """One request; ``body`` is sent as JSON, ``data`` as already encoded JSON."""
+        answer = await self.request(operation, method, path, body=body, data=data, params=params)
+        return answer.data
+
+    async def request(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        absent_ok: bool = False,
+    ) -> Answer:
+        """One request and its decoded answer. ``timeout_s`` replaces the configured timeout
+        (a blocking query waits longer); ``absent_ok`` turns a 404 with an empty body (a KV
+        read of a missing key) into an answer with ``data = None``."""
         session = self._session
         if session is None:
             raise RuntimeError("ConsulClient is not open: use 'async with ConsulClient(...)'")
@@ -296,25 +337,32 @@ class ConsulClient:
             data = json.dumps(body).encode()
         # A payload carrying its Content-Type: no per-call headers to merge with the session's.
         payload = None if data is None else BytesPayload(data, content_type=JSON_TYPE)
+        limit_s = self._config.timeout_s if timeout_s is None else timeout_s
+        extra: dict[str, Any] = {}
+        if timeout_s is not None:  # else the session's (aiohttp reads None as "no timeout")
+            extra["timeout"] = aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with session.request(method, url, params=params, data=payload) as response:
+            async with session.request(
+                method, url, params=params, data=payload, **extra
+            ) as response:
                 status = response.status
+                index = _index(response.headers.get("X-Consul-Index"))
                 raw = await _read_bounded(operation, response)
         except ConsulError:
             raise
         except TimeoutError:
-            raise ConsulUnavailableError(
-                operation, f"no answer within {self._config.timeout_s:g}s"
-            ) from None
+            raise ConsulUnavailableError(operation, f"no answer within {limit_s:g}s") from None
         except aiohttp.ClientError as exc:
             raise ConsulUnavailableError(operation, self._scrubber.error(exc)) from None
+        if status == 404 and absent_ok and not raw.strip():
+            return Answer(status, index, None)
         if status >= 400:
             text = self._scrubber.text(raw.decode("utf-8", "replace"))
             raise _http_error(operation, status, text)
         if not raw.strip():
-            return None
+            return Answer(status, index, None)
         try:
-            return json.loads(raw)
+            return Answer(status, index, json.loads(raw))
         except ValueError:
             raise ConsulError(operation, "response is not JSON", status) from None
 
@@ -328,6 +376,14 @@ def _context(tls: ssl.SSLContext | bool) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _index(header: str | None) -> int:
+    """``X-Consul-Index`` as an int; 0 when absent or unusable."""
+    try:
+        return max(int(header or 0), 0)
+    except ValueError:
+        return 0
 
 
 def _segment(value: str) -> str:

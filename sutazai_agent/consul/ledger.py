@@ -50,12 +50,56 @@ def go_duration(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def managed_meta(service: ServiceConfig, agent_id: str) -> dict[str, str]:
-    return {**service.meta, "managed-by": MANAGED_BY, "agent-id": agent_id, "kind": service.kind}
+def managed_meta(service: ServiceConfig, agent_id: str, group: str = "") -> dict[str, str]:
+    meta = {**service.meta, "managed-by": MANAGED_BY, "agent-id": agent_id, "kind": service.kind}
+    if group:
+        meta["group"] = group
+    return meta
+
+
+Claim = Literal["ours", "takeover", "foreign"]
+
+
+def claim(
+    listed: AgentService,
+    agent_id: str,
+    group: str,
+    live: Callable[[str], bool],
+    owner: str | None,
+) -> Claim:
+    """Whose registration ``listed`` is, to ``agent_id``; ``owner`` is the member owning
+    the service by the group's hashing (``live`` tells a live member from a dead one).
+
+    ``ours``: made by this agent id. ``takeover``: made by a member of this agent's group
+    that is dead (``live`` says no) or, being live, no longer owns the service (a handover
+    after a join): the new owner re-registers it under its own id. ``foreign``: anyone
+    else's (no ``managed-by``, another agent or group): never written nor deregistered.
+    """
+    meta = listed.meta
+    if meta.get("managed-by") != MANAGED_BY:
+        return "foreign"
+    other = meta.get("agent-id", "")
+    if other == agent_id:
+        return "ours"
+    if group and meta.get("group") == group and other:
+        return "takeover" if not live(other) or owner != other else "foreign"
+    return "foreign"
+
+
+def describe_owner(listed: AgentService) -> str:
+    meta = listed.meta
+    if meta.get("managed-by") != MANAGED_BY:
+        owner = meta.get("owner") or meta.get("managed-by") or "unmanaged"
+        return f"{owner} (port {listed.port})"
+    return f"sutazai-agent {meta.get('agent-id', '?')}"
 
 
 def registration_payload(
-    service: ServiceConfig, agent_id: str, consul: ConsulConfig, status: CheckStatus
+    service: ServiceConfig,
+    agent_id: str,
+    consul: ConsulConfig,
+    status: CheckStatus,
+    group: str = "",
 ) -> dict[str, Any]:
     """The body of ``PUT /v1/agent/service/register`` for ``service``."""
     address, port = registration_address(service)
@@ -65,7 +109,7 @@ def registration_payload(
         "Address": address,
         "Port": port,
         "Tags": list(service.tags),
-        "Meta": managed_meta(service, agent_id),
+        "Meta": managed_meta(service, agent_id, group),
         "Check": {
             "CheckID": check_id(service.id),
             "Name": f"sutazai-agent: {service.name}",
@@ -119,9 +163,15 @@ class Entry:
     next_beat_at: float | None = None
     rejected: str | None = None
     """Consul refused this service's registration (4xx): retried at the next anti-entropy."""
+    owned: bool = True
+    """This agent owns the service now (its group's hashing; always when not in a group)."""
+    foreign: str | None = None
+    """Another owner's registration holds this ID: it is never written nor deregistered."""
 
     def change(self) -> Literal["register", "check_update", "deregister"] | None:
         """The write that brings Consul to the desired state, if any."""
+        if not self.owned or self.foreign is not None:
+            return None
         status = check_status(self.desired)
         if status is not None and not (self.registered and self.fresh):
             return "register"  # always followed by a check update

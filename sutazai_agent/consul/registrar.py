@@ -32,13 +32,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from sutazai_agent.config import ConsulConfig, ServiceConfig, redact_url
 from sutazai_agent.consul.client import (
     POOL_SIZE,
+    AgentService,
     CheckStatus,
     ConsulAgentApi,
     ConsulError,
@@ -54,11 +55,11 @@ from sutazai_agent.consul.ledger import (
     PassLog,
     check_id,
     check_status,
+    claim,
+    describe_owner,
     differs,
-    is_ours,
     next_beat_at,
     outage_kind,
-    ownership_filter,
     registration_payload,
 )
 from sutazai_agent.consul.pacing import BUDGET_S, Pacer, slow_threshold
@@ -69,6 +70,43 @@ from sutazai_agent.core.protocols import Clock
 from sutazai_agent.core.scheduler import MIN_SLEEP_S
 from sutazai_agent.web.metrics import Metrics
 
+
+class Ownership(Protocol):
+    """Which services this agent owns and whether it may write (``Membership``)."""
+
+    agent_id: str
+    group: str
+
+    def owner(self, service_name: str) -> str | None: ...
+
+    def owns(self, service_name: str) -> bool: ...
+
+    def can_write(self) -> bool: ...
+
+    def is_live_member(self, agent_id: str) -> bool: ...
+
+
+class SoleOwner:
+    """An agent alone: it owns every service and always writes (no lock)."""
+
+    group = ""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+
+    def owner(self, service_name: str) -> str | None:
+        return self.agent_id
+
+    def owns(self, service_name: str) -> bool:
+        return True
+
+    def can_write(self) -> bool:
+        return True
+
+    def is_live_member(self, agent_id: str) -> bool:
+        return agent_id == self.agent_id
+
+
 T = TypeVar("T")
 BACKOFF_CAP_S = 30.0
 LOG_EACH_MAX = 10
@@ -78,6 +116,8 @@ IN_FLIGHT_MAX = POOL_SIZE
 """Services whose changes or heartbeats are sent at once (one service's calls stay in order)."""
 APPLY_MAX = 256
 """Changes applied per pass at most; the next pass, with the due heartbeats first, follows."""
+WAIT_FOR_LOCK_S = 0.5
+"""How often a registrar without its lock looks again whether it may write."""
 BEAT_EARLY_S = 1.0
 """A beat may go this much early (a tenth of its interval at most), so one wake-up sends the
 next second's beats together: a wake-up costs more than the call it makes. The phase is kept
@@ -102,8 +142,11 @@ class ConsulRegistrar:
         logger: Any = None,
         *,
         rng: random.Random | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self._client = client
+        self._owners: Ownership = ownership or SoleOwner(agent_id)
+        self._conflicts: dict[str, str] = {}
         self._config = config
         self._agent_id = agent_id
         self._metrics = metrics
@@ -111,7 +154,6 @@ class ConsulRegistrar:
         self._log = logger if logger is not None else structlog.get_logger("sutazai_agent.consul")
         self._rng = rng or random.Random()  # noqa: S311 - spreading heartbeats, not crypto
         self._url = redact_url(config.url)
-        self._filter = ownership_filter(agent_id)
         self._beat_interval_s = config.ttl_s / 3.0
         self._beat_early_s = min(BEAT_EARLY_S, self._beat_interval_s / 10)
         self._ledger = Ledger(services)
@@ -150,6 +192,9 @@ class ConsulRegistrar:
         if changed:
             self._ledger.settle(entry)
             self._wake.set()
+
+    def owner(self, service_name: str) -> str | None:
+        return self._owners.owner(service_name)
 
     def is_registered(self, service_id: str) -> bool:
         entry = self._entries.get(service_id)
@@ -206,6 +251,9 @@ class ConsulRegistrar:
         now = self._clock()
         if now < self._retry_at:
             return self._retry_at - now
+        if not self._owners.can_write():
+            self._resync_pending = True  # after the lock is (re)gained, look before writing
+            return WAIT_FOR_LOCK_S
         try:
             if self._resync_pending or now >= self._next_resync_at:
                 await self._resync()
@@ -222,35 +270,98 @@ class ConsulRegistrar:
         finally:
             self._metrics.consul_registered_services.set(self._ledger.registered)
             self._metrics.consul_registration_backlog.set(len(self._ledger.pending))
+            self._metrics.consul_conflicts.set(len(self._conflicts))
             for level, event, fields in self._pass_log.drain():
                 getattr(self._log, level)(event, **fields)
         return self._next_due()
 
     # --- the three duties ----------------------------------------------------------------
-    async def _resync(self) -> None:
-        listed = await self._op("list", self._client.agent_services(self._filter))
-        ours = {sid: svc for sid, svc in listed.items() if is_ours(svc, self._agent_id)}
-        for sid, svc in ours.items():
-            entry = self._entries.get(sid)
-            if entry is None:
-                await self._op("deregister", self._client.deregister_service(sid))
-                self._note("consul_deregistered", service_id=sid, reason="not configured")
+    def regroup(self) -> None:
+        """Ownership changed (a member joined or left, the role changed): stop acting on
+        what this agent no longer owns (its registrations stay for the new owner to take
+        over), and look at Consul before acting on what it now owns."""
+        for entry in self._entries.values():
+            owned = self._owners.owns(entry.service.name)
+            if owned is entry.owned:
                 continue
-            self._ledger.set_registered(entry, True)
-            entry.rejected = None
-            status = check_status(entry.desired)
-            if status is not None and differs(svc, self._payload(entry, status)):
-                entry.fresh = False
+            entry.owned = owned
+            if not owned:
+                self._ledger.set_registered(entry, False)
+                entry.status = entry.next_beat_at = None
             self._ledger.settle(entry)
+        self._resync_pending = True
+        self._wake.set()
+
+    def _claim(self, listed: AgentService) -> str:
+        owners = self._owners
+        return claim(
+            listed,
+            self._agent_id,
+            owners.group,
+            owners.is_live_member,
+            owners.owner(listed.name),
+        )
+
+    def _conflict(self, entry: Entry, listed: AgentService) -> None:
+        owner = describe_owner(listed)
+        entry.foreign = owner
+        sid = entry.service.id
+        if self._conflicts.get(sid) != owner:
+            self._log.warning(
+                "consul_registration_conflict",
+                service_id=sid,
+                owner=owner,
+                action="left alone: another owner's registration is never written",
+            )
+        self._conflicts[sid] = owner
+
+    async def _resync(self) -> None:
+        listed = await self._op("list", self._client.agent_services())
+        found: dict[str, AgentService] = {}
+        for sid, svc in listed.items():
+            kind = self._claim(svc)
+            entry = self._entries.get(sid)
+            if kind == "foreign" or (entry is not None and not entry.owned):
+                if entry is not None and entry.owned:
+                    self._conflict(entry, svc)
+                continue
+            if entry is None:
+                if kind == "ours":
+                    await self._op("deregister", self._client.deregister_service(sid))
+                    self._note("consul_deregistered", service_id=sid, reason="not configured")
+                continue
+            found[sid] = svc
         for sid, entry in self._entries.items():
             entry.rejected = None
-            if sid not in ours and entry.registered:
+            if sid in found:
+                svc = found[sid]
+                if entry.foreign is not None:
+                    entry.foreign = None
+                    self._conflicts.pop(sid, None)
+                self._ledger.set_registered(entry, True)
+                status = check_status(entry.desired)
+                if status is not None and differs(svc, self._payload(entry, status)):
+                    entry.fresh = False
+            elif entry.registered:
                 self._ledger.set_registered(entry, False)
                 entry.next_beat_at = None
+            if entry.foreign is not None and sid not in listed:
+                entry.foreign = None
+                self._conflicts.pop(sid, None)
             self._ledger.settle(entry)
         self._resync_pending = False
         self._next_resync_at = self._clock() + self._config.resync_interval_s
         self._last_sync_at = utcnow()
+
+    async def _still_ours(self, entry: Entry) -> bool:
+        """Look before a register or deregister: is the ID free, ours, or ours to take?"""
+        listed = await self._op("get", self._client.agent_service(entry.service.id))
+        if listed is None or self._claim(listed) != "foreign":
+            return True
+        self._conflict(entry, listed)
+        self._ledger.set_registered(entry, False)
+        entry.status = entry.next_beat_at = None
+        return False
 
     async def _apply_pending(self) -> None:
         """Apply up to ``APPLY_MAX`` changes, ``pacer.window`` at a time, for at most
@@ -289,6 +400,8 @@ class ConsulRegistrar:
         service_id = entry.service.id
         status = check_status(entry.desired)
         change = entry.change()
+        if change in ("register", "deregister") and not await self._still_ours(entry):
+            return
         if change == "register" and status is not None:
             reason = "changed" if entry.registered else "missing"
             await self._op("register", self._client.register_service(self._payload(entry, status)))
@@ -359,7 +472,9 @@ class ConsulRegistrar:
 
     # --- helpers -------------------------------------------------------------------------
     def _payload(self, entry: Entry, status: CheckStatus) -> dict[str, Any]:
-        return registration_payload(entry.service, self._agent_id, self._config, status)
+        return registration_payload(
+            entry.service, self._agent_id, self._config, status, self._owners.group
+        )
 
     async def _write_status(self, entry: Entry, status: CheckStatus, operation: str) -> None:
         output = f"{entry.desired.value} (sutazai-agent {self._agent_id})"

@@ -310,6 +310,19 @@ class Metrics:
             "every ttl_s / 3; later than 2/3 of the TTL, the check goes critical).",
             buckets=HEARTBEAT_LAG_BUCKETS_S, registry=r,
         )  # fmt: skip
+        self.consul_conflicts = Gauge(
+            f"{PREFIX}_consul_conflicts",
+            "Configured service IDs whose Consul registration belongs to another owner.",
+            registry=r,
+        )  # fmt: skip
+        self.group_members = Gauge(
+            f"{PREFIX}_group_members", "Live members of this agent's group (1 alone).",
+            registry=r,
+        )  # fmt: skip
+        self.owned_services = Gauge(
+            f"{PREFIX}_owned_services", "Services this agent probes and announces now.",
+            registry=r,
+        )  # fmt: skip
         self.events_published = Counter(
             f"{PREFIX}_events_published", "Events confirmed by the broker.", registry=r
         )

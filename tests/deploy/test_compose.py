@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,10 +48,12 @@ SEED_PORTS = {
     },
     "rabbitmq": {("127.0.0.1", 10007, 5672, "tcp"), ("127.0.0.1", 10008, 15672, "tcp")},
     "prometheus": {("127.0.0.1", 10200, 9090, "tcp")},
+    "grafana": {("127.0.0.1", 10201, 3000, "tcp")},
     AGENT: {("127.0.0.1", 10220, 10220, "tcp")},
 }
 NETWORK = "sutazai-network"
-UP = "docker compose -f deploy/docker-compose.yml up -d --build"
+UP = "deploy/up"
+COMPOSE_UP = 'docker compose -f "$here/docker-compose.yml" up -d --build "$@"'
 # What compose falls back to without deploy/.env: RabbitMQ credentials that say what they are
 # (tolerable because the broker's ports are bound to 127.0.0.1), and no status API key at all.
 DEV_RABBITMQ_USER = "sutazai"
@@ -133,14 +136,25 @@ def test_kong_admin_is_bound_to_loopback_only() -> None:
     assert all(p.target != 8100 for p in kong), "the status listener is for the network only"
 
 
-def test_everything_is_on_sutazai_network_which_compose_creates_under_that_name() -> None:
+def test_everything_is_on_the_shared_sutazai_network_which_compose_does_not_own() -> None:
     data = compose()
-    # Not external (compose would refuse to start until someone ran `docker network create`),
-    # and named explicitly: without `name:` compose would create `sutazai_sutazai-network`,
-    # which the other SutazAI projects, joining `sutazai-network` as external, would not find.
-    assert data["networks"] == {NETWORK: {"name": NETWORK}}
+    # External: the seed (or deploy/up) creates it with `docker network create`, so compose
+    # neither refuses an existing network it did not label nor removes it on `down`; named,
+    # so it is `sutazai-network` and not a project-prefixed `sutazai_sutazai-network`.
+    assert data["networks"] == {NETWORK: {"external": True, "name": NETWORK}}
     for name, service in data["services"].items():
         assert service["networks"] == [NETWORK], name
+
+
+def test_deploy_up_makes_the_network_only_when_missing_then_runs_compose() -> None:
+    # tests/deploy/test_network.py runs the script against a real dockerd; here its text.
+    script = (COMPOSE_FILE.parent / "up").read_text(encoding="utf-8")
+    commands = [line.strip() for line in script.splitlines() if line.strip()]
+    commands = [c for c in commands if not c.startswith("#")]
+    assert commands[-1] == f"exec {COMPOSE_UP}"
+    assert 'if ! docker network inspect "$network"' in script
+    assert 'docker network create "$network"' in script
+    assert "network=sutazai-network" in commands
 
 
 def sh_commands(block: str) -> list[str]:
@@ -174,6 +188,7 @@ def test_named_volumes_keep_the_state_of_consul_rabbitmq_prometheus_and_the_agen
         "consul": "/consul/data",
         "rabbitmq": "/var/lib/rabbitmq",
         "prometheus": "/prometheus",
+        "grafana": "/var/lib/grafana",
         AGENT: "/var/lib/sutazai-agent",
     }
     for name, target in expected.items():
@@ -557,3 +572,25 @@ def test_interpolation_follows_the_compose_rules() -> None:
     assert interpolate("${SET:?e}", env) == "v"
     with pytest.raises(InterpolationError):
         interpolate("${EMPTY:?e}", env)
+
+
+def test_compose_v1_parses_the_file_apart_from_the_project_name(tmp_path: Path) -> None:
+    # Debian bookworm packages Compose v1 only (docker-compose 1.29). It predates the top-level
+    # `name:` of the Compose Specification and rejects it; everything else it parses and
+    # interpolates like v2 (services, healthchecks, depends_on conditions, the external network).
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is missing (scripts/test installs Debian's docker-compose)"
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "\nname: sutazai\n" in text
+    copy = tmp_path / "docker-compose.yml"
+    copy.write_text(text.replace("\nname: sutazai\n", "\n"), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    command = [binary, "-f", str(copy), "--project-directory", str(COMPOSE_FILE.parent), "config"]
+    result = run(command, env=env)
+    assert result.returncode == 0, describe(result)
+    parsed = yaml.safe_load(result.stdout)
+    assert parsed["networks"] == {NETWORK: {"external": True, "name": NETWORK}}
+    assert set(parsed["services"]) == set(raw_compose()["services"])
+    original = run([binary, "-f", str(COMPOSE_FILE), "config", "-q"], env=env)
+    assert original.returncode != 0
+    assert "'name' does not match" in original.stderr, describe(original)

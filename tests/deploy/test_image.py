@@ -1,10 +1,10 @@
 """Dockerfile and .dockerignore: checked statically, and the image's install steps run here.
 
-There is no Docker engine on the development machines, so the install is exercised the way the
-builder runs it: the build context (as .dockerignore filters it) is copied, the build stage's
-`pip wheel` command and the runtime stage's `pip install` command are taken from the Dockerfile
-and run with a CPython of the image's minor version, and the installed `sutazai-agent` is
-started and checked with the HEALTHCHECK command.
+The install is also exercised without Docker, the way the builder runs it: the build context
+(as .dockerignore filters it) is copied, the build stage's and the runtime stage's RUN commands
+are taken from the Dockerfile, their paths moved under a temporary directory, and run with a
+CPython of the image's minor version; the installed `sutazai-agent` is then started and checked
+with the HEALTHCHECK command. test_container.py builds and runs the real image.
 """
 
 from __future__ import annotations
@@ -78,13 +78,25 @@ def labels() -> dict[str, str]:
     return found
 
 
-def pip_command(stage_index: int, verb: str) -> list[str]:
-    """The `python -m pip <verb> ...` of a RUN in the given stage, without BuildKit flags."""
+def run_script(stage_index: int, verb: str) -> str:
+    """The shell command of the one RUN of a stage that runs `pip <verb>`, without its
+    BuildKit flags (`--mount=...`)."""
     runs = [i for i in stage(stage_index) if i.keyword == "RUN" and f"pip {verb}" in i.args]
     assert len(runs) == 1, runs
-    words = [w for w in shlex.split(runs[0].args) if not w.startswith("--mount=")]
-    assert words[:4] == ["python", "-m", "pip", verb], words
-    return words
+    words = runs[0].args.split(" ")
+    while words and words[0].startswith("--mount="):
+        words.pop(0)
+    return " ".join(words)
+
+
+def mounts(stage_index: int, verb: str) -> list[str]:
+    runs = [i for i in stage(stage_index) if i.keyword == "RUN" and f"pip {verb}" in i.args]
+    return [w for w in runs[0].args.split(" ") if w.startswith("--mount=")]
+
+
+def steps(script: str) -> list[list[str]]:
+    """The `&&`-separated commands of a RUN, as words."""
+    return [shlex.split(step) for step in script.split("&&")]
 
 
 # --- static checks ----------------------------------------------------------------------------
@@ -97,15 +109,35 @@ def test_two_stages_on_one_pinned_python_slim_base() -> None:
 
 
 def test_wheels_are_built_in_the_first_stage_and_only_installed_in_the_second() -> None:
-    wheel = pip_command(0, "wheel")
-    assert wheel[4:] == ["--wheel-dir", "/wheels", ".[speed]"]
-    install = pip_command(1, "install")
-    assert "--no-index" in install
-    assert install[install.index("--find-links") + 1] == "/wheels"
-    assert install[-1] == "sutazai-agent[speed]"
-    runtime_run = next(i for i in stage(1) if i.keyword == "RUN" and "pip install" in i.args)
-    assert "--mount=type=bind,from=build,source=/wheels,target=/wheels" in runtime_run.args
+    # Both stages call `python3` (the slim image and Debian's python3 both have it) and use a
+    # venv's pip (Debian's python3 has none, and its own site-packages are externally managed).
+    build = steps(run_script(0, "wheel"))
+    assert build[0] == ["python3", "-m", "venv", "/opt/build"]
+    assert build[-1] == [
+        "/opt/build/bin/python", "-m", "pip", "wheel", "--wheel-dir", "/wheels", ".[speed]",
+    ]  # fmt: skip
+    # A proxy's CA bundle, when the builder is given one, is a secret: never a layer.
+    assert mounts(0, "wheel") == ["--mount=type=secret,id=pip-ca"]
+    assert "export PIP_CERT=/run/secrets/pip-ca" in run_script(0, "wheel")
+    install = steps(run_script(1, "install"))
+    assert install[0] == ["python3", "-m", "venv", "/opt/sutazai-agent"]
+    assert install[-1][:4] == ["/opt/sutazai-agent/bin/python", "-m", "pip", "install"]
+    assert "--no-index" in install[-1]
+    assert install[-1][install[-1].index("--find-links") + 1] == "/wheels"
+    assert install[-1][-1] == "sutazai-agent[speed]"
+    assert mounts(1, "install") == ["--mount=type=bind,from=build,source=/wheels,target=/wheels"]
     assert not [i for i in stage(1) if i.keyword == "COPY"], "the runtime copies nothing"
+    env = " ".join(i.args for i in final_stage() if i.keyword == "ENV")
+    assert "PATH=/opt/sutazai-agent/bin:$PATH" in env
+
+
+def test_the_base_image_is_a_build_argument() -> None:
+    # The default is the pinned upstream image; a locally made base replaces it with
+    # `--build-arg PYTHON_IMAGE=...` (tests/deploy/test_container.py does).
+    first = dockerfile()[0]
+    assert first.keyword == "ARG"
+    assert first.args.startswith("PYTHON_IMAGE=")
+    assert labels()["org.opencontainers.image.base.name"] == "${PYTHON_IMAGE}"
 
 
 def test_the_runtime_runs_as_an_unprivileged_user() -> None:
@@ -201,30 +233,43 @@ def image_python() -> str:
     return sys.executable
 
 
-def substitute(words: list[str], python: str, wheels: Path) -> list[str]:
-    return [python if w == "python" else str(wheels) if w == "/wheels" else w for w in words]
+def pip_cert() -> str:
+    """The CA bundle this machine's pip uses, if any (the build gets it as a secret)."""
+    listed = run([sys.executable, "-m", "pip", "config", "list"])
+    for line in listed.stdout.splitlines():
+        name, _, value = line.partition("=")
+        if name.endswith(".cert"):
+            return value.strip("'\"")
+    return ""
+
+
+def localize(script: str, python: str, tmp: Path) -> str:
+    """A RUN's shell command with the image's paths moved under ``tmp``."""
+    script = re.sub(r"(?<![\w/.-])python3(?= )", python, script)
+    script = script.replace("/opt/build", str(tmp / "build"))
+    script = script.replace("/opt/sutazai-agent", str(tmp / "venv"))
+    script = script.replace("/run/secrets/pip-ca", pip_cert() or str(tmp / "no-pip-ca"))
+    return re.sub(r"(?<![\w/.-])/wheels\b", str(tmp / "wheels"), script)
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with the agent installed by the Dockerfile's own pip commands."""
+    """A fresh virtualenv with the agent installed by the Dockerfile's own RUN commands."""
     tmp = tmp_path_factory.mktemp("image")
-    context, wheels, venv = tmp / "context", tmp / "wheels", tmp / "venv"
+    context = tmp / "context"
     for relative in build_context_files():
         target = context / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / relative, target)
     python = image_python()
     env = clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1")
-    built = run(substitute(pip_command(0, "wheel"), python, wheels), cwd=context, env=env)
+    built = run(["sh", "-ec", localize(run_script(0, "wheel"), python, tmp)], cwd=context, env=env)
     assert built.returncode == 0, describe(built)
+    wheels = tmp / "wheels"
     assert list(wheels.glob(f"sutazai_agent-{__version__}-*.whl")), sorted(wheels.iterdir())
-    made = run([python, "-m", "venv", str(venv)], env=env)
-    assert made.returncode == 0, describe(made)
-    venv_python = str(venv / "bin" / "python")
-    done = run(substitute(pip_command(1, "install"), venv_python, wheels), env=env)
+    done = run(["sh", "-ec", localize(run_script(1, "install"), python, tmp)], env=env)
     assert done.returncode == 0, describe(done)
-    return venv
+    return tmp / "venv"
 
 
 @pytest.mark.slow

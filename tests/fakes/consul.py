@@ -8,7 +8,8 @@
 
 Endpoints (as documented by Consul): PUT /v1/agent/service/register,
 PUT /v1/agent/service/deregister/<id>, GET /v1/agent/services, GET /v1/agent/checks,
-PUT /v1/agent/check/update|pass|warn|fail/<id>, GET /v1/health/service/<name>,
+PUT /v1/agent/check/update|pass|warn|fail/<id>, GET /v1/agent/service/<id>,
+GET /v1/health/service/<name>, sessions and KV with blocking queries (``consul_kv``),
 GET /v1/catalog/services, GET /v1/status/leader, GET /v1/status/peers. Another method on a
 known path answers 405. Errors are plain text with the real status codes and messages; see
 ``consul_state`` for the decoding rules and the fake's deliberate limits.
@@ -34,6 +35,7 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from tests.fakes.consul_kv import KvNotFoundError, KvRoutes, KvServerError, KvStore
 from tests.fakes.consul_state import (
     CHECK_STATUSES,
     CHECK_UPDATE_FIELDS,
@@ -157,6 +159,7 @@ class FakeConsul:
         self.started_at = self.clock()
         self.index = 10
         self.reaped: list[str] = []
+        self.kv = KvStore(self.clock, self._next_index)
 
     # --- direct access for tests ---------------------------------------------------------
     def writes(self) -> int:
@@ -186,6 +189,7 @@ class FakeConsul:
             if deadline is not None and now >= deadline and check.service_id in self.services:
                 self._remove_service(check.service_id)
                 self.reaped.append(check.service_id)
+        self.kv.evaluate()
 
     def _next_index(self) -> int:
         self.index += 1
@@ -198,6 +202,7 @@ class FakeConsul:
             ("PUT", "/v1/agent/service/register", self._register),
             ("PUT", "/v1/agent/service/deregister/{service_id}", self._deregister),
             ("GET", "/v1/agent/services", self._agent_services),
+            ("GET", "/v1/agent/service/{service_id}", self._agent_service),
             ("GET", "/v1/agent/checks", self._agent_checks),
             ("PUT", "/v1/agent/check/update/{check_id}", self._check_update),
             ("PUT", "/v1/agent/check/pass/{check_id}", self._check_pass),
@@ -208,8 +213,10 @@ class FakeConsul:
             ("GET", "/v1/status/leader", self._leader),
             ("GET", "/v1/status/peers", self._peers),
         ]
+        routes.extend(KvRoutes(lambda: self.kv, NODE).routes())
         for method, path, handler in routes:
-            app.router.add_route("*", path, self._only(method, handler))
+            wrapped = handler if method == "*" else self._only(method, handler)
+            app.router.add_route("*", path, wrapped)
         return app
 
     def _only(self, method: str, handler: Handler) -> Handler:
@@ -243,8 +250,10 @@ class FakeConsul:
             return web.Response(status=400, text=str(exc))
         except NotFoundError as exc:
             return web.Response(status=404, text=str(exc))
-        except ServerError as exc:
+        except (ServerError, KvServerError) as exc:
             return web.Response(status=500, text=str(exc))
+        except KvNotFoundError as exc:
+            return web.Response(status=404, text=str(exc))
         except web.HTTPException:
             raise
         except Exception as exc:
@@ -399,6 +408,17 @@ class FakeConsul:
             clauses = parse_filter(expression, fields)
             records = {k: v for k, v in records.items() if matches(clauses, v)}
         return web.json_response(records)
+
+    async def _agent_service(self, request: web.Request) -> web.StreamResponse:
+        service_id = request.match_info["service_id"]
+        service = self.services.get(service_id)
+        if service is None:
+            raise NotFoundError(f"unknown service ID: {service_id}")
+        record = self._service_json(service)
+        record.pop("CreateIndex")
+        record.pop("ModifyIndex")
+        record["ContentHash"] = f"{service.modify_index:016x}"
+        return web.json_response(record)
 
     async def _agent_checks(self, request: web.Request) -> web.StreamResponse:
         records = {cid: self._check_json(c) for cid, c in sorted(self.checks.items())}
