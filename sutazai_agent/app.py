@@ -10,6 +10,7 @@ handlers only set flags; a second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sqlite3
@@ -157,6 +158,10 @@ class Agent:
                 version=__version__,
                 services=len(config.services),
             )
+            # Everything built so far (configuration, probes, series, ledger) lives as long as
+            # the process: out of the collector's way, so that a full collection walks only
+            # what came after (at 20,000 services, a pause on the probes' loop otherwise).
+            gc.freeze()
             await self._main_loop(monitor, registrar, publisher)
             await self._shutdown(monitor, publisher)
         log.info("agent_stopped", exit_code=self._exit_code)
