@@ -5,6 +5,11 @@ probes) → main loop (the scheduler, with the outbox writer, registrar and publ
 beside it) → shutdown (stop probing, let in-flight probes finish within the grace period,
 write their transitions, flush the outbox for a bounded time, close everything). Signal
 handlers only set flags; a second signal exits at once.
+
+SIGHUP and ``POST /-/reload`` reload the configuration (``reload.Reloader``); the agent
+applies the difference (``apply_config``). The services it runs come from one function,
+``select`` (all configured services by default), so that a layer deciding which services
+this agent owns can narrow them and call ``apply_services`` when that changes.
 """
 
 from __future__ import annotations
@@ -15,14 +20,27 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
+import aiohttp
 import structlog
 from prometheus_client import disable_created_metrics
 
 from sutazai_agent import __version__
-from sutazai_agent.config import AgentConfig, ServiceConfig
+from sutazai_agent.config import (
+    AgentConfig,
+    ConfigDiff,
+    ConfigError,
+    ServiceConfig,
+    ServiceDiff,
+    ServiceSpec,
+    applicable,
+    diff_config,
+    diff_services,
+    service_specs,
+)
 from sutazai_agent.consul.client import ConsulClient
 from sutazai_agent.consul.group import Membership
 from sutazai_agent.consul.kv import ConsulKv
@@ -35,6 +53,7 @@ from sutazai_agent.events.publisher import RabbitPublisher
 from sutazai_agent.logs import LoopExceptionLogger
 from sutazai_agent.monitor import Monitor
 from sutazai_agent.probes import build_probe, make_session, run_probe
+from sutazai_agent.reload import Reloader
 from sutazai_agent.web.metrics import Metrics
 from sutazai_agent.web.server import WebServer, make_app
 
@@ -48,10 +67,34 @@ class StartupError(Exception):
     names the setting. The CLI prints it as one line and exits 2, like a configuration error."""
 
 
+def all_services(config: AgentConfig) -> Sequence[ServiceConfig]:
+    return config.services
+
+
 class Agent:
-    def __init__(self, config: AgentConfig, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        clock: Clock = time.monotonic,
+        *,
+        load: Callable[[], AgentConfig] | None = None,
+        on_config: Callable[[AgentConfig], None] | None = None,
+        select: Callable[[AgentConfig], Sequence[ServiceConfig]] = all_services,
+    ) -> None:
+        """``load`` reads the configuration again for a reload (without it, a reload finds
+        the configuration in use, so nothing changes); ``on_config`` sees each configuration
+        applied (the CLI re-configures logging with it); ``select`` picks the services this
+        agent runs."""
         self.config = config
         self._clock = clock
+        self._load = load
+        self._on_config = on_config
+        self._select = select
+        self._specs: dict[str, ServiceSpec] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._reload_tasks: set[asyncio.Task[Any]] = set()
+        self._started = asyncio.Event()
+        self._ready = False
         self.metrics = Metrics(
             probe_buckets_s=config.metrics.probe_duration_buckets_s,
             per_service_histogram=config.metrics.per_service_histogram,
@@ -68,6 +111,7 @@ class Agent:
         self._publisher: RabbitPublisher | None = None
         self._outbox: SqliteOutbox | None = None
         self.http_port: int | None = None
+        self.reloader = Reloader(self._load_config, self.apply_config, self.metrics)
 
     # --- lifecycle ---------------------------------------------------------------------
     async def main(self) -> int:
@@ -75,15 +119,24 @@ class Agent:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         previous_handler = loop.get_exception_handler()
         loop.set_exception_handler(LoopExceptionLogger())
         try:
             await self.serve()
         finally:
             loop.set_exception_handler(previous_handler)
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            for task in self._reload_tasks:  # a SIGHUP during a failed start
+                task.cancel()
+            await asyncio.gather(*self._reload_tasks, return_exceptions=True)
         return self._exit_code
+
+    def _on_reload_signal(self) -> None:
+        task = asyncio.create_task(self.reload("SIGHUP"), name="reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -100,7 +153,7 @@ class Agent:
         config = self.config
         disable_created_metrics()  # type: ignore[no-untyped-call]  # halves the series count
         async with AsyncExitStack() as stack:
-            session = make_session(config.max_concurrency)
+            session = self._session = make_session(config.max_concurrency)
             stack.push_async_callback(session.close)
             try:
                 outbox = await stack.enter_async_context(
@@ -113,6 +166,7 @@ class Agent:
                     f"state_dir: cannot open the outbox in {config.state_dir}: {os_reason(exc)}"
                 ) from None
             consul = await stack.enter_async_context(ConsulClient(config.consul))
+            selected = self._select(config)
             membership = Membership(
                 ConsulKv(consul),
                 config.agent_id,
@@ -126,7 +180,7 @@ class Agent:
                 consul,
                 config.consul,
                 config.agent_id,
-                config.services,
+                selected,
                 self.metrics,
                 self._clock,
                 ownership=membership,
@@ -134,14 +188,12 @@ class Agent:
             publisher = await stack.enter_async_context(
                 RabbitPublisher(config.rabbitmq, config.agent_id, outbox, self.metrics)
             )
-            monitor = Monitor(config, outbox, registrar, publisher, self.metrics)
+            monitor = Monitor(config, outbox, registrar, publisher, self.metrics, services=selected)
             self._outbox, self._registrar, self._publisher = outbox, registrar, publisher
             self._monitor = monitor
-            for service in config.services:
-                timeout_s = config.timeout_for(service)
-                probe = build_probe(service, session, timeout_s)
-                job = self._job(monitor, service, probe, timeout_s)
-                self.scheduler.add(service.name, config.interval_for(service), job)
+            self._specs = service_specs(config, selected)
+            for spec in self._specs.values():
+                self.scheduler.add(spec.name, spec.interval_s, self._job(spec))
             listen = config.http
             try:
                 web = await stack.enter_async_context(
@@ -162,6 +214,7 @@ class Agent:
             # the process: out of the collector's way, so that a full collection walks only
             # what came after (at 20,000 services, a pause on the probes' loop otherwise).
             gc.freeze()
+            self._started.set()
             await self._main_loop(monitor, registrar, publisher)
             await self._shutdown(monitor, publisher)
         log.info("agent_stopped", exit_code=self._exit_code)
@@ -197,20 +250,74 @@ class Agent:
         if not await monitor.flush(self.config.shutdown_grace_s):
             log.error("transitions_not_written_at_shutdown")
         await publisher.flush(self.config.outbox.flush_on_shutdown_s)
-        for task in self._background:
+        for task in (*self._background, *self._reload_tasks):
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._background, *self._reload_tasks, return_exceptions=True)
 
-    def _job(self, monitor: Monitor, service: ServiceConfig, probe: Probe, timeout_s: float) -> Job:
+    def _job(self, spec: ServiceSpec) -> Job:
+        if self._monitor is None or self._session is None:
+            raise RuntimeError("the agent has not started")
+        monitor, service, timeout_s = self._monitor, spec.service, spec.timeout_s
+        probe: Probe = build_probe(service, self._session, timeout_s)
         name = service.name
 
         async def job() -> None:
             if self._membership is not None and not self._membership.owns(name):
                 return  # another member's (or the holder's, as standby): probe nothing
             result: ProbeResult = await run_probe(probe, timeout_s)
-            monitor.record(name, result)
+            monitor.record(name, result, service)
 
         return job
+
+    # --- live configuration ----------------------------------------------------------------
+    async def reload(self, trigger: str) -> tuple[bool, dict[str, Any]]:
+        """Reload the configuration once the agent has started; ``(applied, summary)``."""
+        await self._started.wait()
+        result = await self.reloader.reload(trigger)
+        return result.ok, result.summary()
+
+    def _load_config(self) -> AgentConfig:
+        if self._load is None:
+            return self.config
+        return self._load()
+
+    def apply_config(self, new: AgentConfig) -> ConfigDiff:
+        """Run ``new`` from now on, except the keys that need a restart (reported). Raises
+        ``ConfigError``, having changed nothing, when a service's probe cannot be built."""
+        keys = diff_config(self.config, new)
+        effective = applicable(self.config, new, keys.restart_keys)
+        services = self.apply_services(effective)
+        self.config = effective
+        if self._on_config is not None:
+            self._on_config(effective)
+        return ConfigDiff(services, keys.applied_keys, keys.restart_keys)
+
+    def apply_services(self, config: AgentConfig | None = None) -> ServiceDiff:
+        """Bring the probed services in line with ``select(config)``: start the new ones
+        (splayed within their interval), forget the removed ones, apply changed settings.
+        Unchanged services keep their state, sequence and schedule. Every new probe is
+        built before anything changes, so a probe that cannot be built changes nothing."""
+        monitor = self._monitor
+        if monitor is None:
+            raise RuntimeError("the agent has not started")
+        wanted = service_specs(config or self.config, self._select(config or self.config))
+        diff = diff_services(self._specs, wanted)
+        jobs = {}
+        for name in (*diff.changed, *diff.added):
+            try:
+                jobs[name] = self._job(wanted[name])
+            except (ValueError, ConfigError) as exc:
+                raise ConfigError(f"services.{name}: {exc}") from None
+        for name in diff.removed:
+            self.scheduler.remove(name)
+        monitor.remove(diff.removed)
+        monitor.update(wanted[name] for name in diff.changed)
+        monitor.add(wanted[name] for name in diff.added)
+        for name, job in jobs.items():
+            self.scheduler.replace(name, wanted[name].interval_s, job)
+        self._specs = wanted
+        self._regroup()  # who owns the added services, and the owned count
+        return diff
 
     # --- what the endpoints show ---------------------------------------------------------
     def healthy(self) -> bool:
@@ -224,7 +331,9 @@ class Agent:
             return
         if self._registrar is not None:
             self._registrar.regroup()
-        owned = sum(membership.owns(s.name) for s in self.config.services)
+        if membership.role == "standby":
+            self._ready = False
+        owned = sum(membership.owns(name) for name in self._specs)
         self.metrics.group_members.set(len(membership.members))
         self.metrics.owned_services.set(owned)
 
@@ -233,10 +342,17 @@ class Agent:
         if monitor is None or membership is None:
             return False
         if membership.role == "standby":
+            self._ready = False  # taking over later needs a probe cycle again
             return False
-        return all(
-            view.last is not None for name, view in monitor.views.items() if membership.owns(name)
-        )
+        if not self._ready:
+            # Once every owned service has had a result; a service a reload (or a handover)
+            # adds later does not make a running agent unready.
+            self._ready = all(
+                view.last is not None
+                for name, view in monitor.views.items()
+                if membership.owns(name)
+            )
+        return self._ready
 
     def _consul_status(self) -> dict[str, Any]:
         status = {} if self._registrar is None else self._registrar.status()

@@ -83,8 +83,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(tail(url, cfg.rabbitmq.exchange, bind, args.count, sys.stdout))
     from sutazai_agent.app import Agent, StartupError
 
+    secrets = set(cfg.secrets())
+
+    def reconfigure_logs(applied: config.AgentConfig) -> None:
+        # Secrets of every configuration loaded so far stay scrubbed: a removed service's
+        # password may still be in a message in flight.
+        secrets.update(applied.secrets())
+        logs.configure(applied.log.level, applied.log.format, secrets)
+
+    def reload_config() -> config.AgentConfig:
+        return config.load(args.config)
+
+    agent = Agent(cfg, load=reload_config, on_config=reconfigure_logs)
     try:
-        return _run(Agent(cfg).main())
+        return _run(agent.main())
     except StartupError as exc:
         print(f"sutazai-agent: cannot start: {exc}", file=sys.stderr)
         return EXIT_USAGE

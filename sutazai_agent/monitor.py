@@ -12,17 +12,18 @@ disk failure cannot exhaust memory.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from sutazai_agent.config import AgentConfig, ServiceConfig
+from sutazai_agent.config import AgentConfig, ServiceConfig, ServiceSpec, service_specs
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.health import HealthMachine
 from sutazai_agent.core.model import (
+    KnownState,
     ProbeResult,
     State,
     Transition,
@@ -59,6 +60,7 @@ class Monitor:
         metrics: Metrics,
         now: Callable[[], datetime] = utcnow,
         max_pending: int = MAX_PENDING,
+        services: Iterable[ServiceConfig] | None = None,
     ) -> None:
         self._sink = sink
         self._max_pending = max_pending
@@ -73,25 +75,69 @@ class Monitor:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._ready = False
         self.views: dict[str, ServiceView] = {}
-        known = sink.known_states()
-        for service in config.services:
-            machine = HealthMachine(
-                service.name, service.kind, config.rise_for(service), config.fall_for(service)
-            )
+        specs = service_specs(config, config.services if services is None else services)
+        self.add(specs.values())
+
+    # --- the set of services (start and reload) ------------------------------------------
+    def add(self, specs: Iterable[ServiceSpec]) -> None:
+        """Start following these services, from their last announced state if any (as at
+        start: a service removed and added again continues its sequence)."""
+        known: Mapping[str, KnownState] = self._sink.known_states()
+        for spec in specs:
+            service = spec.service
+            machine = HealthMachine(service.name, service.kind, spec.rise, spec.fall)
             restored = known.get(service.name)
             if restored is not None and restored.state is not State.UNKNOWN:
                 machine.state, machine.since = restored.state, restored.since
-                registrar.observe(service, restored.state)
+                self._registrar.observe(service, restored.state)
             self.views[service.name] = ServiceView(service, machine)
-            metrics.set_state(service.name, service.kind, State.UNKNOWN, machine.state)
+            self._metrics.set_state(service.name, service.kind, State.UNKNOWN, machine.state)
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Forget these services: their view, their metric series, their registration (the
+        registrar deregisters it when it is ours). Their stored state and sequence stay in
+        the outbox."""
+        for name in names:
+            view = self.views.pop(name, None)
+            if view is None:
+                continue
+            self._metrics.forget(name)
+            self._registrar.forget(view.config)
+
+    def update(self, specs: Iterable[ServiceSpec]) -> None:
+        """Apply new settings to followed services. The health state, its streak and the
+        sequence are kept: the next probes decide, with the usual rise and fall, so a change
+        of settings alone is never a health change. The registration is redone when it
+        differs (the registrar compares), and moved when the service id changed."""
+        for spec in specs:
+            view = self.views[spec.name]
+            old, new = view.config, spec.service
+            machine = view.machine
+            machine.rise, machine.fall = spec.rise, spec.fall
+            if old.kind != new.kind:
+                machine.kind = new.kind
+                self._metrics.forget(new.name)  # the kind is a label of the probe series
+                self._metrics.set_state(new.name, new.kind, State.UNKNOWN, machine.state)
+            if old.id != new.id or not new.register_service:
+                self._registrar.forget(old)
+            view.config = new
+            self._registrar.observe(new, machine.state)
 
     def ready(self) -> bool:
-        """True once every service has had a probe result."""
-        return all(view.last is not None for view in self.views.values())
+        """True once every service has had a probe result; it stays true after that (a
+        service added by a reload does not make a running agent unready)."""
+        if not self._ready:
+            self._ready = all(view.last is not None for view in self.views.values())
+        return self._ready
 
-    def record(self, name: str, result: ProbeResult) -> None:
-        view = self.views[name]
+    def record(self, name: str, result: ProbeResult, service: ServiceConfig | None = None) -> None:
+        """Feed a probe result. A result for a service no longer followed, or (``service``
+        given) probed with settings since replaced, is dropped."""
+        view = self.views.get(name)
+        if view is None or (service is not None and view.config is not service):
+            return
         at = self._now()
         view.last, view.last_at = result, at
         self._metrics.observe_probe(name, view.config.kind, result.outcome, result.latency_s)
@@ -164,7 +210,9 @@ class Monitor:
 
     def _react(self, batch: Sequence[Transition]) -> None:
         for t in batch:
-            view = self.views[t.service]
+            view = self.views.get(t.service)
+            if view is None:  # removed by a reload since: written, announced, nothing else
+                continue
             self._metrics.set_state(t.service, t.kind, t.previous, t.current)
             self._metrics.count_transition(t.service, t.previous, t.current)
             self._registrar.observe(view.config, t.current)

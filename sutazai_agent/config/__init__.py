@@ -3,6 +3,16 @@
 Import configuration names from here; the modules behind it are an implementation detail.
 """
 
+from sutazai_agent.config.diff import (
+    RESTART_KEYS,
+    ConfigDiff,
+    ServiceDiff,
+    ServiceSpec,
+    applicable,
+    diff_config,
+    diff_services,
+    service_specs,
+)
 from sutazai_agent.config.loading import ConfigError, describe, load
 from sutazai_agent.config.schema import (
     CONFIG_ENV,
@@ -30,7 +40,9 @@ __all__ = [
     "ENV_PREFIX",
     "KINDS",
     "PROBE_DURATION_BUCKETS_S",
+    "RESTART_KEYS",
     "AgentConfig",
+    "ConfigDiff",
     "ConfigError",
     "ConsulConfig",
     "ConsulService",
@@ -39,11 +51,17 @@ __all__ = [
     "RabbitmqConfig",
     "RabbitmqService",
     "ServiceConfig",
+    "ServiceDiff",
+    "ServiceSpec",
     "TcpService",
+    "applicable",
     "describe",
+    "diff_config",
+    "diff_services",
     "load",
     "redact_url",
     "registration_address",
+    "service_specs",
     "url_host_port",
     "url_password",
 ]

@@ -167,9 +167,14 @@ class Entry:
     """This agent owns the service now (its group's hashing; always when not in a group)."""
     foreign: str | None = None
     """Another owner's registration holds this ID: it is never written nor deregistered."""
+    removed: bool = False
+    """No longer configured (a reload): deregistered if registered (and so ours), then
+    dropped."""
 
     def change(self) -> Literal["register", "check_update", "deregister"] | None:
         """The write that brings Consul to the desired state, if any."""
+        if self.removed:
+            return "deregister" if self.registered else None
         if not self.owned or self.foreign is not None:
             return None
         status = check_status(self.desired)
@@ -258,14 +263,37 @@ class Ledger:
     def __init__(self, services: Iterable[ServiceConfig]) -> None:
         self.entries = {s.id: Entry(s) for s in services if s.register_service}
         self.pending: dict[str, None] = {}
-        self.beats = BeatSchedule(lambda service_id: self.entries[service_id].beat_due())
+        self.beats = BeatSchedule(self._beat_due)
         self.registered = 0
+
+    def _beat_due(self, service_id: str) -> float | None:
+        entry = self.entries.get(service_id)
+        return None if entry is None else entry.beat_due()
 
     def entry(self, service: ServiceConfig) -> Entry:
         found = self.entries.get(service.id)
-        if found is None:
-            found = self.entries[service.id] = Entry(service)
+        if found is None or found.removed:
+            # A removed entry still waiting for its deregistration is replaced: the service
+            # is configured again, so its registration is wanted after all.
+            registered = found is not None and found.registered  # already counted
+            found = self.entries[service.id] = Entry(service, registered=registered)
         return found
+
+    def remove(self, service_id: str) -> None:
+        """Mark an entry removed: it is deregistered when registered, and dropped once it is
+        not (``drop_if_removed``)."""
+        entry = self.entries.get(service_id)
+        if entry is None:
+            return
+        entry.removed, entry.status, entry.next_beat_at = True, None, None
+        self.settle(entry)
+        self.drop_if_removed(entry)
+
+    def drop_if_removed(self, entry: Entry) -> None:
+        if entry.removed and not entry.registered:
+            self.pending.pop(entry.service.id, None)
+            if self.entries.get(entry.service.id) is entry:
+                del self.entries[entry.service.id]
 
     def settle(self, entry: Entry) -> None:
         """File ``entry`` under pending changes, or take it out, after it changed."""

@@ -186,11 +186,20 @@ class ConsulRegistrar:
         entry = self._ledger.entry(service)
         changed = False
         if entry.service is not service and entry.service != service:
-            entry.service, entry.fresh, changed = service, False, True
+            if self._registration(entry.service) != self._registration(service):
+                entry.fresh, changed = False, True
+            entry.service = service
         if entry.desired is not state:
             entry.desired, entry.rejected, changed = state, None, True
         if changed:
             self._ledger.settle(entry)
+            self._wake.set()
+
+    def forget(self, service: ServiceConfig) -> None:
+        """``service`` is no longer configured here: deregister it (when registered, and so
+        ours) in the next pass, and forget it."""
+        if service.id in self._entries:
+            self._ledger.remove(service.id)
             self._wake.set()
 
     def owner(self, service_name: str) -> str | None:
@@ -280,7 +289,7 @@ class ConsulRegistrar:
         """Ownership changed (a member joined or left, the role changed): stop acting on
         what this agent no longer owns (its registrations stay for the new owner to take
         over), and look at Consul before acting on what it now owns."""
-        for entry in self._entries.values():
+        for entry in list(self._entries.values()):
             owned = self._owners.owns(entry.service.name)
             if owned is entry.owned:
                 continue
@@ -289,6 +298,7 @@ class ConsulRegistrar:
                 self._ledger.set_registered(entry, False)
                 entry.status = entry.next_beat_at = None
             self._ledger.settle(entry)
+            self._ledger.drop_if_removed(entry)
         self._resync_pending = True
         self._wake.set()
 
@@ -331,7 +341,7 @@ class ConsulRegistrar:
                     self._note("consul_deregistered", service_id=sid, reason="not configured")
                 continue
             found[sid] = svc
-        for sid, entry in self._entries.items():
+        for sid, entry in list(self._entries.items()):
             entry.rejected = None
             if sid in found:
                 svc = found[sid]
@@ -349,6 +359,7 @@ class ConsulRegistrar:
                 entry.foreign = None
                 self._conflicts.pop(sid, None)
             self._ledger.settle(entry)
+            self._ledger.drop_if_removed(entry)
         self._resync_pending = False
         self._next_resync_at = self._clock() + self._config.resync_interval_s
         self._last_sync_at = utcnow()
@@ -395,6 +406,7 @@ class ConsulRegistrar:
         except ConsulError as exc:
             self._rejected(entry, exc)
         self._ledger.settle(entry)
+        self._ledger.drop_if_removed(entry)
 
     async def _apply_once(self, entry: Entry) -> None:
         service_id = entry.service.id
@@ -417,7 +429,8 @@ class ConsulRegistrar:
             await self._op("deregister", self._client.deregister_service(service_id))
             self._ledger.set_registered(entry, False)
             entry.status = entry.next_beat_at = None
-            self._note("consul_deregistered", service_id=service_id, reason="down")
+            reason = "not configured" if entry.removed else "down"
+            self._note("consul_deregistered", service_id=service_id, reason=reason)
 
     async def _heartbeats(self) -> None:
         """Send up to ``BEATS_PER_PASS`` heartbeats due by now + ``BEAT_EARLY_S``,
@@ -471,6 +484,12 @@ class ConsulRegistrar:
         self._ledger.settle(entry)
 
     # --- helpers -------------------------------------------------------------------------
+    def _registration(self, service: ServiceConfig) -> dict[str, Any]:
+        """What Consul would hold for ``service`` (its check status aside)."""
+        return registration_payload(
+            service, self._agent_id, self._config, "passing", self._owners.group
+        )
+
     def _payload(self, entry: Entry, status: CheckStatus) -> dict[str, Any]:
         return registration_payload(
             entry.service, self._agent_id, self._config, status, self._owners.group

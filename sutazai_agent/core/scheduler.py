@@ -46,6 +46,9 @@ class Schedule:
         self._rng = rng or random.Random()  # noqa: S311  # splay, not cryptography
         self._intervals: dict[str, float] = {}
         self._heap: list[tuple[float, int, str]] = []
+        self._live: dict[str, int] = {}
+        """The order number of each job's live heap item; a removed or rescheduled job's
+        old item stays in the heap and is dropped when it reaches the top."""
         self._order = 0
         self.skipped = 0
         """Ticks dropped because the job was late or still running."""
@@ -61,20 +64,41 @@ class Schedule:
         self._push(key, first)
         return first
 
+    def remove(self, key: str) -> None:
+        """Stop scheduling ``key`` (a no-op for an unknown key)."""
+        self._intervals.pop(key, None)
+        self._live.pop(key, None)
+
+    def reschedule(self, key: str, interval_s: float, now: float) -> float:
+        """Give ``key`` a new interval; its next run falls at random within it."""
+        self.remove(key)
+        return self.add(key, interval_s, now)
+
+    def interval(self, key: str) -> float | None:
+        return self._intervals.get(key)
+
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._live)
 
     def next_due(self) -> float | None:
+        self._drop_stale()
         return self._heap[0][0] if self._heap else None
 
     def pop_due(self, now: float) -> list[Due]:
         """Every job due at ``now``, each already rescheduled for its next tick."""
         out: list[Due] = []
+        self._drop_stale()
         while self._heap and self._heap[0][0] <= now:
             due, _, key = heapq.heappop(self._heap)
             out.append(Due(key, due))
             self._push(key, self.following(key, due, now))
+            self._drop_stale()
         return out
+
+    def _drop_stale(self) -> None:
+        heap, live = self._heap, self._live
+        while heap and live.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
 
     def following(self, key: str, due: float, now: float) -> float:
         """The next due time after ``due`` that is still in the future (skip, don't burst)."""
@@ -88,6 +112,7 @@ class Schedule:
 
     def _push(self, key: str, due: float) -> None:
         self._order += 1
+        self._live[key] = self._order
         heapq.heappush(self._heap, (due, self._order, key))
 
 
@@ -127,6 +152,26 @@ class Scheduler:
     def add(self, key: str, interval_s: float, job: Job) -> None:
         self._jobs[key] = job
         self._schedule.add(key, interval_s, self._clock())
+        self._wake()
+
+    def remove(self, key: str) -> None:
+        """Stop scheduling ``key``; a run in flight finishes, and no run of the same key
+        starts before it has."""
+        self._jobs.pop(key, None)
+        self._schedule.remove(key)
+
+    def replace(self, key: str, interval_s: float, job: Job) -> None:
+        """Run ``job`` for ``key`` from its next tick on. The schedule is kept when the
+        interval is the same; a new interval starts afresh, splayed within it."""
+        self._jobs[key] = job
+        if self._schedule.interval(key) != interval_s:
+            self._schedule.reschedule(key, interval_s, self._clock())
+            self._wake()
+
+    def _wake(self) -> None:
+        """Re-evaluate the next due time (a new job may be due before the current sleep ends)."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def stop(self) -> None:
         """Stop dispatching (safe to call from a signal handler)."""
@@ -160,17 +205,20 @@ class Scheduler:
             if item.key in self._running:
                 self._schedule.skipped += 1
                 continue
+            job = self._jobs.get(item.key)
+            if job is None:
+                continue
             self._running.add(item.key)
-            task = asyncio.create_task(self._run_one(item), name=f"probe:{item.key}")
+            task = asyncio.create_task(self._run_one(item, job), name=f"probe:{item.key}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             self.dispatched += 1
 
-    async def _run_one(self, item: Due) -> None:
+    async def _run_one(self, item: Due, job: Job) -> None:
         try:
             async with self._slots:
                 self._on_lag(max(0.0, self._clock() - item.due))
-                await self._jobs[item.key]()
+                await job()
         except Exception:  # job boundary: one broken job must not stop the others
             log.exception("job_failed", job=item.key)
         finally:

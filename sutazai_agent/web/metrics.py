@@ -340,6 +340,15 @@ class Metrics:
         self.events_dropped = Counter(
             f"{PREFIX}_events_dropped", "Events dropped because the outbox was full.", registry=r
         )
+        self.config_last_reload_successful = Gauge(
+            f"{PREFIX}_config_last_reload_successful",
+            "1 if the last configuration reload (or the start) succeeded, else 0.", registry=r,
+        )  # fmt: skip
+        self.config_last_reload_success_timestamp = Gauge(
+            f"{PREFIX}_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start or reload).",
+            registry=r,
+        )  # fmt: skip
         self.build_info = Info(f"{PREFIX}_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
         self.probe_kind_duration: Histogram | None = None
@@ -353,6 +362,10 @@ class Metrics:
     def service(self, name: str, kind: str) -> ServiceSeries:
         """The series of one service, created (all at 0, state unknown) on first use."""
         return self.services.get(name, kind)
+
+    def forget(self, name: str) -> None:
+        """Drop every per-service series of ``name`` (a service no longer configured)."""
+        self.services.series.pop(name, None)
 
     def observe_probe(self, name: str, kind: str, outcome: Outcome, latency_s: float) -> None:
         self.services.observe(self.services.get(name, kind), outcome, latency_s)

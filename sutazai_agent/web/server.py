@@ -1,7 +1,10 @@
-"""The agent's own HTTP endpoints: /metrics, /healthz, /readyz, /status.
+"""The agent's own HTTP endpoints: /metrics, /healthz, /readyz, /status, POST /-/reload.
 
 They read in-memory state only, so they keep answering while Consul, the broker or every
-target is down.
+target is down. ``/-/reload`` (Prometheus' convention) answers POST only; the agent runs
+one reload at a time and requests arriving meanwhile share the next one, so a flood of
+requests costs two reloads, not one each. The port has no authentication: operators should
+not expose it beyond the hosts that scrape it (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class AgentView(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    async def reload(self, trigger: str) -> tuple[bool, dict[str, Any]]:
+        """Reload the configuration: ``(applied, summary or reason)``."""
+        ...
+
 
 def make_app(agent: AgentView, registry: CollectorRegistry) -> web.Application:
     def check(predicate: Callable[[], bool], ok: str, bad: str) -> web.Response:
@@ -50,11 +57,16 @@ def make_app(agent: AgentView, registry: CollectorRegistry) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return web.json_response(agent.status(), dumps=_dumps)
 
+    async def reload(_: web.Request) -> web.Response:
+        applied, summary = await agent.reload("http")
+        return web.json_response(summary, status=200 if applied else 400)
+
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
+    app.router.add_post("/-/reload", reload)
     return app
 
 

@@ -87,3 +87,15 @@ def test_probe_cost_smoke_prints_each_variant() -> None:
         (row,) = lines(out, f"{variant}: ")
         assert "CPU-ms/probe" in row
         assert row.endswith(" 0 failed"), row
+
+
+def test_reload_smoke_prints_rounds_and_the_summary() -> None:
+    out = smoke("bench.reload")
+    rounds = lines(out, "round ")
+    assert len(rounds) == 2
+    for row in rounds:
+        for figure in ("apply_ms=", "seen_ms=", "skipped=", "added_probed=", "deregistered="):
+            assert figure in row
+    (summary,) = lines(out, "reload ")
+    assert "apply_ms_median=" in summary
+    assert "skipped=" in summary

@@ -54,6 +54,9 @@ class FakeRegistrar:
     def observe(self, service: ServiceConfig, state: State) -> None:
         self.journal.lines.append(f"registrar {service.name} {state}")
 
+    def forget(self, service: ServiceConfig) -> None:
+        self.journal.lines.append(f"registrar forget {service.id}")
+
     def is_registered(self, service_id: str) -> bool:
         return False
 

@@ -225,3 +225,68 @@ async def test_jobs_falling_due_within_the_gather_window_start_together() -> Non
     await settle()
     assert len(started) == 3
     assert scheduler.skipped == 0
+
+
+# --- reload: jobs removed and replaced while the scheduler runs -----------------------------
+def test_a_removed_job_is_no_longer_due_and_its_key_can_come_back() -> None:
+    schedule = Schedule(random.Random(11))
+    schedule.add("a", 10.0, now=0.0)
+    schedule.add("b", 10.0, now=0.0)
+    schedule.remove("a")
+    assert len(schedule) == 1
+    assert [d.key for d in schedule.pop_due(100.0)] == ["b"]
+    first = schedule.add("a", 10.0, now=100.0)  # added again: one live entry, splayed afresh
+    due = [d.key for d in schedule.pop_due(first)]
+    assert due.count("a") == 1
+    assert len(schedule) == 2
+
+
+def test_reschedule_keeps_only_the_new_interval() -> None:
+    schedule = Schedule(random.Random(12))
+    schedule.add("a", 10.0, now=0.0)
+    first = schedule.reschedule("a", 30.0, now=5.0)
+    assert 5.0 <= first <= 35.0
+    assert schedule.interval("a") == 30.0
+    (item,) = schedule.pop_due(first)
+    assert schedule.next_due() == pytest.approx(item.due + 30.0)
+    assert schedule.pop_due(first + 29.0) == []
+
+
+async def test_replace_with_the_same_interval_keeps_the_schedule_and_runs_the_new_job() -> None:
+    clock = FakeClock()
+    scheduler = Scheduler(clock, max_concurrency=5, on_lag=lambda _: None, rng=random.Random(13))
+    ran: list[str] = []
+
+    async def old() -> None:
+        ran.append("old")
+
+    async def new() -> None:
+        ran.append("new")
+
+    scheduler.add("svc", 10.0, old)
+    due = scheduler._schedule.next_due()
+    scheduler.replace("svc", 10.0, new)
+    assert scheduler._schedule.next_due() == due
+    clock.now += 10.0
+    scheduler.tick()
+    await scheduler.drain(1.0)
+    assert ran == ["new"]
+
+
+async def test_a_removed_job_in_flight_finishes_and_is_not_run_again() -> None:
+    clock = FakeClock()
+    scheduler = Scheduler(clock, max_concurrency=5, on_lag=lambda _: None, rng=random.Random(14))
+    gate = Gate()
+    scheduler.add("svc", 10.0, gate)
+    clock.now += 10.0
+    scheduler.tick()
+    await settle()
+    assert gate.running == 1
+    scheduler.remove("svc")
+    gate.release.set()
+    await scheduler.drain(1.0)
+    for _ in range(3):
+        clock.now += 10.0
+        scheduler.tick()
+        await settle()
+    assert gate.started == 1
