@@ -33,12 +33,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sutazai_agent/ sutazai_agent/
-# The agent and every dependency (with uvloop, the `speed` extra) as wheels in /wheels, made by
-# the pip of a throw-away venv (Debian's python3 has no pip of its own).
+# The agent and every dependency, with every extra (`all`: uvloop and the client libraries of
+# the redis, postgres and grpc probes), as wheels in /wheels, made by the pip of a throw-away
+# venv (Debian's python3 has no pip of its own).
 RUN --mount=type=secret,id=pip-ca \
     python3 -m venv /opt/build \
  && if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
- && /opt/build/bin/python -m pip wheel --wheel-dir /wheels ".[speed]"
+ && /opt/build/bin/python -m pip wheel --wheel-dir /wheels ".[all]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG PYTHON_IMAGE
@@ -74,7 +75,7 @@ RUN groupadd --system --gid 10001 sutazai \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -m venv /opt/sutazai-agent \
  && /opt/sutazai-agent/bin/python -m pip install --no-index --find-links /wheels \
-      "sutazai-agent[speed]"
+      "sutazai-agent[all]"
 
 USER 10001:10001
 WORKDIR /var/lib/sutazai-agent

@@ -17,20 +17,32 @@ What runs:
   a consumer on the run's own exchange (``soak.<run id>``, deleted at the end).
 
 Faults, all seeded: target mode changes; Consul restarts (state wiped) and outages
-(stop/start); broker connection cuts; SIGKILL and restart of the agent (only in the first
-half, so the second half is one long-lived incarnation whose RSS and fds are measured).
+(stop/start); broker connection cuts; state_dir (a small tmpfs, when run as root) filling
+up to the last byte and freed; a never-consumed ``reject-publish`` queue (max length 1) on
+one service's routing key for the whole fault phase; and, only in the first half (so the
+second half is one long-lived incarnation whose RSS and fds are measured), SIGKILL and
+restart of the agent, graceful stops for a long while with targets changed meanwhile, and
+state_dir wiped between two runs (a new event epoch).
 
 Then faults stop, everything is restored, targets are frozen, and the invariants are checked:
 
-1. events: every sequence 1..last the agent recorded per service (its outbox DB, read
-   read-only after it stopped) was delivered to the consumer, new sequences in order,
-   duplicates only with the same id;
+1. events: every sequence 1..last the agent recorded per service and epoch (its outbox DB,
+   read read-only after it stopped, and before each wipe) was delivered to the consumer, new
+   sequences in order, duplicates only with the same id;
 2. consul: the passing set equals the set of targets actually up within
    max(rise, fall) * interval + timeout + one resync interval;
 3. resources: RSS and open fds of the longest-lived incarnation, after warm-up, grow < 10%
    (fds: plus 4 of slack, the base is ~20 and connection pools vary by a few);
 4. health: no unhandled task exception, task_died, job_failed or traceback in the logs; the
-   scheduler lag p99 (from /metrics) below 1 s.
+   scheduler lag p99 (from /metrics) below 1 s; every graceful stop exits 0;
+5. consul truth: Consul never shows passing a service whose last probe of this run failed
+   for longer than fall * interval + timeout + 1 s (sampled every 0.5 s; Consul outages
+   excused, see bench/soak_truth.py);
+6. no resend: no event id reaches the consumer twice unless a broker cut or an agent stop
+   came between (copies of the rejected service's retried event are counted apart);
+7. no blocking: no event waited more than 15 s from its transition to the consumer without
+   a broker cut, agent stop or full disk to explain it (the rejected service excepted):
+   one service's events never wait behind another's.
 
 Exit 0 when every invariant holds, 1 otherwise.
 """
@@ -48,6 +60,7 @@ import random
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,8 +75,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.soak_truth import (  # noqa: E402
+    ConsulWatch,
+    Delivery,
+    Windows,
+    deliveries,
+    wall,
+)
 from sutazai_agent.consul.client import POOL_SIZE  # noqa: E402  # after the sys.path set-up
 
+FALL = 2
+STATE_DIR_SIZE = "16m"
+"""The tmpfs state_dir: room for the outbox and its WAL, small enough to fill at once."""
 AMQP_HOST, AMQP_PORT = "127.0.0.1", 5672
 AMQP_URL = f"amqp://guest:guest@{AMQP_HOST}:{AMQP_PORT}/"
 MANAGEMENT_URL = "http://127.0.0.1:15672"
@@ -274,7 +297,7 @@ class Consumer:
     def __init__(self, exchange: str) -> None:
         self.exchange = exchange
         self.queue = f"{exchange}.consumer"
-        self.received: list[tuple[str, int, str]] = []
+        self.received: list[Delivery] = []
         self.last_at = time.monotonic()
         self._connection: Any = None
         self._channel: Any = None
@@ -298,11 +321,41 @@ class Consumer:
             async with message.process():
                 event = decode(message.body)
                 data = event["data"]
-                self.received.append((data["service"], int(data["sequence"]), event["id"]))
+                self.received.append(
+                    Delivery(
+                        data["service"],
+                        data["epoch"],
+                        int(data["sequence"]),
+                        event["id"],
+                        wall(event["time"]),
+                        time.time(),
+                    )
+                )
                 self.last_at = time.monotonic()
 
         self._queue = queue
         self._tag = await queue.consume(on_message)
+
+    async def reject(self, service: str) -> None:
+        """A never-consumed queue at its limit, with ``reject-publish``, on ``service``'s
+        events: the broker nacks every one of them (and still routes them elsewhere)."""
+        import aio_pika
+        from aio_pika.abc import ExchangeType
+
+        channel = self._channel
+        exchange = await channel.declare_exchange(self.exchange, ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(
+            f"{self.exchange}.reject",
+            durable=True,
+            auto_delete=False,
+            arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
+        )
+        await channel.default_exchange.publish(aio_pika.Message(b"full"), queue.name)
+        await queue.bind(exchange, f"health.{service}.*")
+
+    async def unreject(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._channel.queue_delete(f"{self.exchange}.reject")
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -312,6 +365,7 @@ class Consumer:
             await self._queue.cancel(self._tag)
             channel = await connection.channel()
             await channel.queue_delete(self.queue)
+            await channel.queue_delete(f"{self.exchange}.reject")
             await channel.exchange_delete(self.exchange)
         await connection.close()
 
@@ -343,6 +397,11 @@ class Preset:
     kills: int  # agent SIGKILLs, spread over the first half
     warmup_s: float
     sample_s: float
+    long_stops: int = 1  # graceful stops for long_stop_s, targets changed meanwhile
+    long_stop_s: float = 12.0
+    wipes: int = 1  # graceful stop, state_dir wiped, start again
+    disk_full_s: tuple[float, float] = (4.0, 10.0)  # how long state_dir stays full
+    reject: bool = True  # a never-consumed reject-publish queue on one service's key
 
 
 class Soak:
@@ -363,6 +422,15 @@ class Soak:
         self.fault_end = 0.0
         self.t_faults = 0.0
         self.t0 = time.monotonic()
+        self.state_dir = workdir / "state"
+        self.tmpfs: Path | None = None
+        self.windows = Windows()
+        self.watch = ConsulWatch(FALL * preset.interval_s + preset.timeout_s + 1, self.windows)
+        self.recorded: dict[str, dict[str, int]] = {}
+        self.abandoned: dict[str, dict[str, set[int]]] = {}
+        self.stop_codes: list[int] = []
+        self.rejected: str | None = None
+        self.state_lock: asyncio.Lock | None = None
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:7.1f}s] {text}", flush=True)
@@ -391,7 +459,7 @@ class Soak:
             "interval_s": p.interval_s,
             "timeout_s": p.timeout_s,
             "rise": 2,
-            "fall": 2,
+            "fall": FALL,
             "shutdown_grace_s": 5,
             "log": {"level": "info", "format": "json"},
             "consul": {
@@ -487,11 +555,13 @@ class Soak:
                 outage = rng.uniform(3, 4 * self.p.ttl_s / 3)
                 self.faults["consul_outage"] += 1
                 self.say(f"fault: consul outage {outage:.0f}s")
+                self.windows.begin("consul_down", time.time())
                 await self.consul.stop()
                 try:
                     await asyncio.sleep(outage)
                 finally:
                     await self.consul.start()
+                    self.windows.end("consul_down", time.time())
 
     async def broker_faults(self) -> None:
         rng = random.Random(self.p.seed * 1000 + 3)
@@ -499,27 +569,132 @@ class Soak:
             cut = rng.uniform(2, 20)
             self.faults["broker_cut"] += 1
             self.say(f"fault: broker connection cut {cut:.0f}s")
+            self.windows.begin("broker_cut", time.time())
             await self.proxy.cut()
             try:
                 await asyncio.sleep(cut)
             finally:
                 await self.proxy.restore()
+                self.windows.end("broker_cut", time.time())
 
-    async def agent_kills(self) -> None:
-        if self.p.kills == 0:
+    async def agent_restarts(self) -> None:
+        """SIGKILLs, long graceful stops (targets changed meanwhile) and state_dir wipes, in
+        a seeded order over the first half; never while state_dir is full (an agent does not
+        start on a full disk)."""
+        p = self.p
+        actions = ["kill"] * p.kills + ["long_stop"] * p.long_stops + ["wipe"] * p.wipes
+        if not actions:
             return
-        rng = random.Random(self.p.seed * 1000 + 4)
-        half = (self.fault_end - time.monotonic()) / 2
-        slot = half / self.p.kills
-        for k in range(self.p.kills):
-            at = self.t_faults + k * slot + rng.uniform(0.3, 0.9) * slot
+        rng = random.Random(p.seed * 1000 + 4)
+        rng.shuffle(actions)
+        slot = (self.fault_end - time.monotonic()) / 2 / len(actions)
+        assert self.state_lock is not None
+        for k, action in enumerate(actions):
+            at = self.t_faults + k * slot + rng.uniform(0.1, 0.4) * slot
             await asyncio.sleep(max(0.0, at - time.monotonic()))
-            self.faults["agent_sigkill"] += 1
-            self.say("fault: agent SIGKILL")
-            await asyncio.to_thread(self.agent.kill)
-            self.incarnations[-1].ended = time.monotonic()
-            await asyncio.sleep(rng.uniform(0.5, 3))
-            await self.start_agent()
+            async with self.state_lock:
+                self.windows.begin("agent_down", time.time())
+                try:
+                    if action == "kill":
+                        await self.kill_and_restart(rng)
+                    elif action == "long_stop":
+                        await self.long_stop(rng)
+                    else:
+                        await self.wipe()
+                    await self.started()
+                finally:
+                    self.windows.end("agent_down", time.time())
+
+    async def started(self) -> None:
+        """Until the restarted agent serves (its outbox is open) or has exited."""
+        deadline = time.monotonic() + 60
+        while self.agent.proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                await self.agent.status()
+                return
+            await asyncio.sleep(0.2)
+
+    async def kill_and_restart(self, rng: random.Random) -> None:
+        self.faults["agent_sigkill"] += 1
+        self.say("fault: agent SIGKILL")
+        await asyncio.to_thread(self.agent.kill)
+        self.incarnations[-1].ended = time.monotonic()
+        await asyncio.sleep(rng.uniform(0.5, 3))
+        await self.start_agent()
+
+    async def stop_agent(self) -> None:
+        self.stop_codes.append(await asyncio.to_thread(self.agent.stop, 60))
+        self.incarnations[-1].ended = time.monotonic()
+
+    async def long_stop(self, rng: random.Random) -> None:
+        self.faults["agent_long_stop"] += 1
+        await self.stop_agent()
+        n = len(self.farm.kinds)
+        changed = rng.sample(range(n), max(1, n // 5))
+        for index in changed:
+            await self.farm.set(index, "down" if self.farm.up(index) else "up")
+        self.say(
+            f"fault: agent stopped for {self.p.long_stop_s:.0f}s, {len(changed)} targets "
+            "changed meanwhile"
+        )
+        await asyncio.sleep(self.p.long_stop_s)
+        await self.start_agent()
+
+    async def wipe(self) -> None:
+        self.faults["state_dir_wiped"] += 1
+        await self.stop_agent()
+        epoch, last, left = read_outbox(self.state_dir)
+        self.recorded[epoch] = last
+        self.abandoned[epoch] = left
+        for path in self.state_dir.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        self.say(f"fault: state_dir wiped (epoch {epoch[:8]}, {sum(map(len, left.values()))} "
+                 "events abandoned)")  # fmt: skip
+        await self.start_agent()
+
+    async def disk_faults(self) -> None:
+        """state_dir (a small tmpfs) fills up to the last byte, then is freed."""
+        if self.tmpfs is None:
+            return
+        rng = random.Random(self.p.seed * 1000 + 5)
+        assert self.state_lock is not None
+        while await self.until(rng.expovariate(1 / self.p.infra_gap_s)):
+            hold = rng.uniform(*self.p.disk_full_s)
+            async with self.state_lock:
+                self.faults["state_dir_full"] += 1
+                self.say(f"fault: state_dir full for {hold:.0f}s")
+                self.windows.begin("disk_full", time.time())
+                filler = await asyncio.to_thread(fill_up, self.tmpfs)
+                try:
+                    await asyncio.sleep(hold)
+                finally:
+                    filler.unlink(missing_ok=True)
+                    self.windows.end("disk_full", time.time())
+
+    async def truth(self, stop: asyncio.Event) -> None:
+        """Sample /status (the last probe of this run) against Consul's passing set."""
+        import aiohttp
+
+        pid = None
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                proc = self.agent.proc
+                if proc is not None and proc.pid != pid:
+                    pid = proc.pid
+                    self.watch.new_run()
+                try:
+                    url = f"{self.agent.base}/status"
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                        status = await r.json()
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    status = None
+                if status is not None and proc is not None and proc.poll() is None:
+                    self.watch.sample(status["services"], self.consul_passing(), time.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
 
     # --- the run -----------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -529,6 +704,8 @@ class Soak:
 
         p = self.p
         await self.farm.start()
+        self.state_lock = asyncio.Lock()
+        self.tmpfs = await asyncio.to_thread(mount_tmpfs, self.state_dir, STATE_DIR_SIZE)
         self.consul = FakeConsul()
         await self.consul.start()
         self.proxy = TcpProxy(AMQP_HOST, AMQP_PORT)
@@ -537,12 +714,16 @@ class Soak:
         self.agent = AgentProcess(self._config(), self.workdir)
         stop_sampling = asyncio.Event()
         sampler = asyncio.create_task(self.sampler(stop_sampling))
+        truth = asyncio.create_task(self.truth(stop_sampling))
         try:
             return await self._phases(p, stop_sampling)
         finally:
             stop_sampling.set()
             await sampler
+            await truth
             await asyncio.to_thread(self.agent.kill)
+            if self.tmpfs is not None:
+                await asyncio.to_thread(unmount_tmpfs, self.tmpfs, self.workdir / "state-final")
             await self.farm.close()
             await self.consul.stop()
             await self.proxy.close()
@@ -558,18 +739,27 @@ class Soak:
         await self.start_agent()
         await self.agent.wait_ready(60)
         self.say("agent ready; injecting faults")
+        if self.tmpfs is None:
+            self.say("state_dir is not a tmpfs (needs root): no disk-full faults")
+        if p.reject:
+            self.rejected = f"t0000-{self.farm.kinds[0]}"
+            await self.consumer.reject(self.rejected)
+            self.faults["reject_publish_queue"] += 1
+            self.say(f"fault: a never-consumed reject-publish queue on {self.rejected}'s events")
         self.t_faults = time.monotonic()
         self.fault_end = self.t_faults + p.duration_s
         injectors = [
             asyncio.create_task(self.target_faults()),
             asyncio.create_task(self.consul_faults()),
             asyncio.create_task(self.broker_faults()),
-            asyncio.create_task(self.agent_kills()),
+            asyncio.create_task(self.agent_restarts()),
+            asyncio.create_task(self.disk_faults()),
         ]
         await asyncio.gather(*injectors)
         # Settle: everything restored (the injectors restore what they break), targets frozen.
         await self.consul.start()
         await self.proxy.restore()
+        await self.consumer.unreject()
         if self.agent.proc.poll() is not None:
             await self.start_agent()
         settle_start = time.monotonic()
@@ -580,13 +770,22 @@ class Soak:
         await self.quiesce()
         stop_sampling.set()
         self.say("stopping the agent (SIGTERM)")
-        exit_code = await asyncio.to_thread(self.agent.stop, 60)
-        self.incarnations[-1].ended = time.monotonic()
+        await self.stop_agent()
         await asyncio.sleep(1)  # the last deliveries reach the consumer
         return {
             "converge": converge,
             "delivered_wait_s": delivered_wait,
-            "exit_code": exit_code,
+            "exit_code": max(self.stop_codes, key=abs),
+            "stop_codes": self.stop_codes,
+            "consul_truth": {
+                "samples": self.watch.samples,
+                "bound_s": round(self.watch.bound_s, 1),
+                "violations": len(self.watch.worst),
+                "worst": sorted(
+                    ((name, round(age, 1)) for name, age in self.watch.worst.items()),
+                    key=lambda item: -item[1],
+                )[:5],
+            },
             "events": self.check_events(),
             "resources": self.check_resources(),
             "logs": self.check_logs(),
@@ -648,43 +847,16 @@ class Soak:
 
     # --- invariants --------------------------------------------------------------------
     def check_events(self) -> dict[str, Any]:
-        db_path = self.workdir / "state" / "agent.db"
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        try:
-            last = dict(db.execute("SELECT name, sequence FROM services").fetchall())
-            undelivered = db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        finally:
-            db.close()
-        seen: dict[str, dict[int, str]] = defaultdict(dict)
-        high: dict[str, int] = defaultdict(int)
-        out_of_order = id_conflicts = duplicates = 0
-        for service, sequence, event_id in self.consumer.received:
-            ids = seen[service]
-            if sequence in ids:
-                duplicates += 1
-                if ids[sequence] != event_id:
-                    id_conflicts += 1
-                continue
-            if sequence < high[service]:
-                out_of_order += 1
-            high[service] = max(high[service], sequence)
-            ids[sequence] = event_id
-        recorded = sum(last.values())
-        lost = sum(
-            1 for service, n in last.items() for s in range(1, n + 1) if s not in seen[service]
+        """Every epoch's recorded sequences against what the consumer got (soak_truth)."""
+        epoch, last, left = read_outbox(self.state_dir)
+        self.recorded[epoch] = last
+        result = deliveries(
+            self.consumer.received, self.recorded, self.abandoned, self.windows, self.rejected
         )
-        unknown = sum(1 for service, ids in seen.items() for s in ids if s > last.get(service, 0))
-        return {
-            "recorded": recorded,
-            "delivered_unique": sum(len(ids) for ids in seen.values()),
-            "received_total": len(self.consumer.received),
-            "duplicates": duplicates,
-            "lost": lost,
-            "out_of_order": out_of_order,
-            "id_conflicts": id_conflicts,
-            "not_recorded": unknown,
-            "outbox_left": undelivered,
-        }
+        result["received_total"] = len(self.consumer.received)
+        result["outbox_left"] = sum(len(s) for s in left.values())
+        result["windows"] = self.windows.count()
+        return result
 
     def check_resources(self) -> dict[str, Any]:
         rows = []
@@ -744,6 +916,55 @@ class Soak:
             for bound, count in inc.lag_buckets.items():
                 total[bound] += count
         return {"p99_s": histogram_quantile(total, 0.99), "p50_s": histogram_quantile(total, 0.5)}
+
+
+def read_outbox(state_dir: Path) -> tuple[str, dict[str, int], dict[str, set[int]]]:
+    """The outbox of a stopped agent: its epoch, each service's last sequence, and the
+    sequences still waiting in it."""
+    db = sqlite3.connect(f"file:{state_dir / 'agent.db'}?mode=ro", uri=True)
+    try:
+        epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+        last = dict(db.execute("SELECT name, sequence FROM services").fetchall())
+        left: dict[str, set[int]] = defaultdict(set)
+        for service, sequence in db.execute("SELECT service, sequence FROM events"):
+            left[service].add(sequence)
+    finally:
+        db.close()
+    return epoch, last, dict(left)
+
+
+def mount_tmpfs(path: Path, size: str) -> Path | None:
+    """A small tmpfs at ``path`` (root only), or None; the caller unmounts it."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return None
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    return path if done.returncode == 0 else None
+
+
+def unmount_tmpfs(path: Path, keep: Path) -> None:
+    """Copy what the tmpfs holds to ``keep`` (for --keep and post-mortems), then unmount."""
+    with contextlib.suppress(OSError):
+        shutil.copytree(path, keep)
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_up(directory: Path) -> Path:
+    """Fill ``directory``'s filesystem to the last byte; returns the filler file."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return filler
 
 
 def _median(values: list[int]) -> int:
@@ -810,7 +1031,8 @@ def report(preset: Preset, soak: Soak, result: dict[str, Any]) -> bool:
         f"recorded={e['recorded']} delivered={e['delivered_unique']} lost={e['lost']} "
         f"duplicates={e['duplicates']} out_of_order={e['out_of_order']} "
         f"id_conflicts={e['id_conflicts']} outbox_left={e['outbox_left']} "
-        f"received_total={e['received_total']}",
+        f"received_total={e['received_total']} epochs={e['epochs']} "
+        f"abandoned_by_wipe={e['abandoned_by_wipe']} not_recorded={e['not_recorded']}",
     )
     c = result["converge"]
     line(
@@ -843,7 +1065,26 @@ def report(preset: Preset, soak: Soak, result: dict[str, Any]) -> bool:
         "4-health",
         not g["problems"] and p99 is not None and p99 < 1.0 and result["exit_code"] == 0,
         f"log_problems={g['problems'] or 0} lag_p99_s<={p99} lag_p50_s<={lag['p50_s']} "
-        f"exit_code={result['exit_code']} log_lines={g['lines']}",
+        f"exit_codes={result['stop_codes']} log_lines={g['lines']}",
+    )
+    t = result["consul_truth"]
+    line(
+        "5-consul-truth",
+        t["violations"] == 0 and t["samples"] > 0,
+        f"passing_while_failing_beyond_bound={t['violations']} bound_s={t['bound_s']} "
+        f"samples={t['samples']} worst={t['worst']}",
+    )
+    line(
+        "6-no-resend",
+        e["resent_without_cause"] == 0,
+        f"resent_without_cause={e['resent_without_cause']} duplicates={e['duplicates']} "
+        f"rejected_copies={e['rejected_copies']} (service {soak.rejected}) "
+        f"disruptions={e['windows']}",
+    )
+    line(
+        "7-no-blocking",
+        e["blocked"] == 0,
+        f"waited_behind_another={e['blocked']} examples={e['blocked_examples']}",
     )
     for example in g["examples"]:
         print(f"  log: {example}")
@@ -864,7 +1105,7 @@ def _controller_exceptions(loop: asyncio.AbstractEventLoop, context: dict[str, A
 
 
 SHORT = Preset(
-    duration_s=75,
+    duration_s=90,
     services=60,
     seed=7,
     interval_s=2,
@@ -911,6 +1152,10 @@ def main(argv: list[str] | None = None) -> int:
             kills=max(1, int(args.duration // 600)),
             warmup_s=60,
             sample_s=5,
+            long_stops=max(1, int(args.duration // 900)),
+            long_stop_s=90,
+            wipes=1,
+            disk_full_s=(10, 60),
         )
     if preset.services < 6:
         parser.error("--services must be at least 6")

@@ -223,6 +223,7 @@ class Agent:
         self, monitor: Monitor, registrar: ConsulRegistrar, publisher: RabbitPublisher
     ) -> None:
         scheduler = asyncio.create_task(self.scheduler.run(), name="scheduler")
+        self._reported: set[asyncio.Task[Any]] = set()
         self._background = {
             asyncio.create_task(monitor.run(), name="outbox-writer"),
             asyncio.create_task(registrar.run(), name="registrar"),
@@ -238,21 +239,44 @@ class Agent:
         )
         for task in done:
             if task is not scheduler or task.exception() is not None:
-                log.error("task_died", task=task.get_name(), error=repr(task.exception()))
-                self._exit_code = 1
+                self._died(task)
         self.scheduler.stop()
         await asyncio.wait({scheduler})
+
+    def _died(self, task: asyncio.Task[Any]) -> None:
+        """A long-running task ended: log it with its whole traceback; the agent exits 1."""
+        self._reported.add(task)
+        exc = None if task.cancelled() else task.exception()
+        log.error(
+            "task_died",
+            task=task.get_name(),
+            error=repr(exc) if exc is not None else "returned",
+            exc_info=exc,
+        )
+        self._exit_code = 1
+
+    def _alive(self, name: str) -> bool:
+        return any(t.get_name() == name and not t.done() for t in self._background)
 
     async def _shutdown(self, monitor: Monitor, publisher: RabbitPublisher) -> None:
         cancelled = await self.scheduler.drain(self.config.shutdown_grace_s)
         if cancelled:
             log.warning("probes_cancelled_at_shutdown", count=cancelled)
-        if not await monitor.flush(self.config.shutdown_grace_s):
+        # A dead task is not waited for: nothing would ever finish its work.
+        if not self._alive("outbox-writer"):
+            log.error("transitions_not_written_at_shutdown", reason="the outbox writer died")
+        elif not await monitor.flush(self.config.shutdown_grace_s):
             log.error("transitions_not_written_at_shutdown")
-        await publisher.flush(self.config.outbox.flush_on_shutdown_s)
+        if self._alive("publisher"):
+            await publisher.flush(self.config.outbox.flush_on_shutdown_s)
+        else:
+            log.error("outbox_not_flushed_at_shutdown", reason="the publisher died")
         for task in (*self._background, *self._reload_tasks):
             task.cancel()
         await asyncio.gather(*self._background, *self._reload_tasks, return_exceptions=True)
+        for task in self._background:
+            if task not in self._reported and not task.cancelled() and task.exception():
+                self._died(task)
 
     def _job(self, spec: ServiceSpec) -> Job:
         if self._monitor is None or self._session is None:
@@ -382,8 +406,13 @@ class Agent:
             "consul": self._consul_status(),
             "rabbitmq": {} if self._publisher is None else self._publisher.status(),
             "outbox": {}
-            if self._outbox is None
-            else {"pending": self._outbox.pending(), "max_events": self.config.outbox.max_events},
+            if self._outbox is None or self._monitor is None
+            else {
+                "pending": self._outbox.pending(),
+                "max_events": self.config.outbox.max_events,
+                "epoch": self._outbox.epoch,
+                **self._monitor.outbox_status(),
+            },
             "scheduler": {
                 "dispatched": self.scheduler.dispatched,
                 "skipped": self.scheduler.skipped,
@@ -393,11 +422,15 @@ class Agent:
 
 
 async def check_once(config: AgentConfig) -> list[tuple[ServiceConfig, ProbeResult]]:
-    """Probe every service once, concurrently (the ``check`` command)."""
+    """Probe every service once, concurrently (the ``check`` command): ``max_concurrency``
+    probes at most in flight, as the daemon's scheduler allows."""
+    slots = asyncio.Semaphore(config.max_concurrency)
     async with make_session(config.max_concurrency) as session:
 
         async def one(service: ServiceConfig) -> tuple[ServiceConfig, ProbeResult]:
             timeout_s = config.timeout_for(service)
-            return service, await run_probe(build_probe(service, session, timeout_s), timeout_s)
+            async with slots:
+                result = await run_probe(build_probe(service, session, timeout_s), timeout_s)
+            return service, result
 
         return list(await asyncio.gather(*(one(s) for s in config.services)))

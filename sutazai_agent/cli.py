@@ -1,4 +1,4 @@
-"""``sutazai-agent [--config FILE] run|check|config|events|healthcheck``.
+"""``sutazai-agent [--config FILE] run|check|config|events|healthcheck [--config FILE]``.
 
 Exit codes: 0 ok, 1 unhealthy or runtime failure, 2 configuration or usage error.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import urllib.error
 import urllib.request
@@ -22,23 +23,32 @@ EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
 
 
 def parser() -> argparse.ArgumentParser:
+    config_help = (
+        f"YAML configuration file (default: ${config.CONFIG_ENV}, else built-in defaults); "
+        "accepted before or after the command"
+    )
     p = argparse.ArgumentParser(
         prog="sutazai-agent",
         description="Health and service-discovery sidecar: probes services, registers the "
         "healthy ones in Consul, publishes state changes to RabbitMQ, serves /metrics.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help=f"YAML configuration file (default: ${config.CONFIG_ENV}, else built-in defaults)",
-    )
+    p.add_argument("--config", metavar="FILE", help=config_help)
+    # Every command takes --config too; SUPPRESS keeps the global one when it is not repeated.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
     commands = p.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("run", help="run the daemon (the default)")
-    check = commands.add_parser("check", help="probe every service once; exit 1 if any is not up")
+    commands.add_parser("run", parents=[common], help="run the daemon (the default)")
+    check = commands.add_parser(
+        "check", parents=[common], help="probe every service once; exit 1 if any is not up"
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object")
-    commands.add_parser("config", help="print the effective configuration, secrets redacted")
-    events = commands.add_parser("events", help="print health events from the exchange")
+    commands.add_parser(
+        "config", parents=[common], help="print the effective configuration, secrets redacted"
+    )
+    events = commands.add_parser(
+        "events", parents=[common], help="print health events from the exchange"
+    )
     events.add_argument(
         "--bind",
         metavar="PATTERN",
@@ -46,27 +56,49 @@ def parser() -> argparse.ArgumentParser:
         help="routing-key pattern to bind, repeatable (default: health.#)",
     )
     events.add_argument("--count", type=int, metavar="N", help="stop after N events")
-    health = commands.add_parser("healthcheck", help="exit 0 if a running agent's /healthz is 200")
+    health = commands.add_parser(
+        "healthcheck", parents=[common], help="exit 0 if a running agent's /healthz is 200"
+    )
     health.add_argument(
-        "--url", default="http://127.0.0.1:10220/healthz", help="default: %(default)s"
+        "--url",
+        help="default: /healthz of the configured agent (http.host and http.port; "
+        "0.0.0.0 and :: are reached on loopback)",
     )
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default: 3)")
     return p
 
 
+def healthcheck_url(cfg: config.AgentConfig) -> str:
+    """The configured agent's /healthz, reached directly: a wildcard host means loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.http.host, cfg.http.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.http.port}/healthz"
+
+
+def _usage_error(message: str) -> int:
+    print(f"sutazai-agent: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     command = args.command or "run"
-    if command == "healthcheck":
-        return healthcheck(args.url, args.timeout)
+    if command == "healthcheck" and not (args.timeout > 0 and math.isfinite(args.timeout)):
+        return _usage_error("--timeout must be a positive number of seconds")
     if command == "events" and args.count is not None and args.count < 1:
-        print("sutazai-agent: error: --count must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error("--count must be at least 1")
+    if command == "events" and any(not pattern.strip() for pattern in args.bind or ()):
+        return _usage_error("--bind must be a non-empty routing-key pattern")
+    if command == "healthcheck" and args.url is not None:
+        return healthcheck(args.url, args.timeout)
     try:
         cfg = config.load(args.config)
     except config.ConfigError as exc:
         print(f"sutazai-agent: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
+    if command == "healthcheck":
+        return healthcheck(healthcheck_url(cfg), args.timeout)
     if command == "config":
         yaml.safe_dump(cfg.redacted(), sys.stdout, sort_keys=False)
         return EXIT_OK
@@ -145,12 +177,16 @@ async def _check(cfg: config.AgentConfig, as_json: bool, out: TextIO) -> int:
 
 
 def healthcheck(url: str, timeout_s: float) -> int:
-    """The container HEALTHCHECK: the slim image has no curl."""
+    """The container HEALTHCHECK: the slim image has no curl.
+
+    The request goes straight to the agent: ``HTTP_PROXY`` and friends are ignored (a proxy
+    would answer for the agent, or not reach a loopback address at all).
+    """
     if not url.startswith(("http://", "https://")):
-        print(f"sutazai-agent: error: not an http(s) URL: {url}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(f"not an http(s) URL: {url}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+        with opener.open(url, timeout=timeout_s) as response:
             ok = response.status == 200
     except urllib.error.HTTPError as exc:
         print(f"unhealthy: HTTP {exc.code}", file=sys.stderr)

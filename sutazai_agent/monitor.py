@@ -1,18 +1,25 @@
 """From probe results to health states, and from transitions to everything that reacts.
 
-A result updates the service's view and metrics at once. A transition is first written to
-the outbox (durably, in a batch with any others of the same moment); only then do the
-registrar, the metrics and the publisher hear of it. If the outbox cannot be written, the
-batch is kept and retried with jittered backoff (one log line when the failure starts, one when
-it ends): nothing reacts to a transition that is not on disk. What waits is bounded
-(``max_pending``): past it the oldest unwritten transitions are dropped and counted, so a long
-disk failure cannot exhaust memory.
+A result updates the service's view and metrics at once. The registrar and the metrics
+follow the health state machine directly (both are idempotent: they are told the state, not
+the change), so what Consul and ``/metrics`` say never waits for the disk. Only the event
+goes through the outbox: transitions are written in batches by ``run()``, and the publisher
+is woken after each successful write.
+
+A stored state (the outbox's last known states) is provisional (``HealthMachine.restore``):
+it is never given to the registrar or the metrics; the first probe result of this run is.
+
+If the outbox cannot be written (disk full, I/O error), the batch is kept and retried with
+jittered backoff; every failed attempt is counted (``outbox_write_failures_total``), one log
+line with the real cause marks the start of the outage and one its end, and ``/status``
+shows it (``outbox_status``). What waits is bounded (``max_pending``): past it the oldest
+unwritten transitions are dropped and counted, so a long disk failure cannot exhaust memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +39,7 @@ from sutazai_agent.core.model import (
 )
 from sutazai_agent.core.outage import Outage
 from sutazai_agent.core.protocols import EventSink, Publisher, Registrar
+from sutazai_agent.core.secrets import Scrubber
 from sutazai_agent.web.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -77,6 +85,8 @@ class Monitor:
         self._idle.set()
         self._ready = False
         self.views: dict[str, ServiceView] = {}
+        self._last_error: str | None = None
+        self._failing_at: datetime | None = None
         specs = service_specs(config, config.services if services is None else services)
         self.add(specs.values())
 
@@ -89,11 +99,10 @@ class Monitor:
             service = spec.service
             machine = HealthMachine(service.name, service.kind, spec.rise, spec.fall)
             restored = known.get(service.name)
-            if restored is not None and restored.state is not State.UNKNOWN:
-                machine.state, machine.since = restored.state, restored.since
-                self._registrar.observe(service, restored.state)
+            if restored is not None:
+                machine.restore(restored.state, restored.since)  # provisional: not reported
             self.views[service.name] = ServiceView(service, machine)
-            self._metrics.set_state(service.name, service.kind, State.UNKNOWN, machine.state)
+            self._metrics.set_state(service.name, service.kind, State.UNKNOWN, State.UNKNOWN)
 
     def remove(self, names: Iterable[str]) -> None:
         """Forget these services: their view, their metric series, their registration (the
@@ -116,14 +125,16 @@ class Monitor:
             old, new = view.config, spec.service
             machine = view.machine
             machine.rise, machine.fall = spec.rise, spec.fall
+            state = machine.state if machine.confirmed else State.UNKNOWN
             if old.kind != new.kind:
                 machine.kind = new.kind
                 self._metrics.forget(new.name)  # the kind is a label of the probe series
-                self._metrics.set_state(new.name, new.kind, State.UNKNOWN, machine.state)
+                self._metrics.set_state(new.name, new.kind, State.UNKNOWN, state)
             if old.id != new.id or not new.register_service:
                 self._registrar.forget(old)
             view.config = new
-            self._registrar.observe(new, machine.state)
+            if machine.confirmed:  # never from a stored state: the next probe decides
+                self._registrar.observe(new, state)
 
     def ready(self) -> bool:
         """True once every service has had a probe result; it stays true after that (a
@@ -139,9 +150,12 @@ class Monitor:
         if view is None or (service is not None and view.config is not service):
             return
         at = self._now()
+        first = view.last is None
         view.last, view.last_at = result, at
         self._metrics.observe_probe(name, view.config.kind, result.outcome, result.latency_s)
         transition = view.machine.observe(result, at)
+        if first or transition is not None:
+            self._follow(view, transition)
         if transition is not None:
             self._pending.append(transition)
             if len(self._pending) > self._max_pending:
@@ -163,7 +177,7 @@ class Monitor:
             )
 
     async def run(self) -> None:
-        """Write transitions to the outbox in batches, then let the others react."""
+        """Write transitions to the outbox in batches; wake the publisher after each."""
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -181,15 +195,22 @@ class Monitor:
                 continue
             self._backoff.reset()
             self._write_recovered()
-            self._react(batch)
+            self._publisher.wake()
             if not self._pending:
                 self._idle.set()
 
     def _write_failed(self, exc: Exception, pending: int) -> None:
+        self._metrics.outbox_write_failures.inc()
+        self._last_error = Scrubber().error(exc)
         if self._outage.failed():
-            log.error("outbox_write_failed", pending=pending, action="will retry", exc_info=exc)
+            self._failing_at = self._now()
+            log.error(
+                "outbox_write_failed", error=self._last_error, pending=pending, action="will retry"
+            )
         else:
-            log.debug("outbox_write_retry_failed", attempt=self._outage.failures, error=repr(exc))
+            log.debug(
+                "outbox_write_retry_failed", attempt=self._outage.failures, error=self._last_error
+            )
 
     def _write_recovered(self) -> None:
         failures = self._outage.failures
@@ -197,7 +218,18 @@ class Monitor:
         if outage_s is None:
             return
         log.info("outbox_write_recovered", outage_s=outage_s, failed_attempts=failures)
+        self._failing_at = None
         self._dropping = False
+
+    def outbox_status(self) -> dict[str, Any]:
+        """The outbox writer's part of ``/status``: is the disk taking the transitions?"""
+        return {
+            "writable": self._outage.since is None,
+            "unwritten": len(self._pending),
+            "failing_since": format_optional_time(self._failing_at),
+            "failed_attempts": self._outage.failures,
+            "last_error": self._last_error,
+        }
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every transition so far is in the outbox; False on timeout."""
@@ -208,22 +240,23 @@ class Monitor:
             return False
         return True
 
-    def _react(self, batch: Sequence[Transition]) -> None:
-        for t in batch:
-            view = self.views.get(t.service)
-            if view is None:  # removed by a reload since: written, announced, nothing else
-                continue
-            self._metrics.set_state(t.service, t.kind, t.previous, t.current)
-            self._metrics.count_transition(t.service, t.previous, t.current)
-            self._registrar.observe(view.config, t.current)
-            log.info(
-                "service_state_changed",
-                service=t.service,
-                previous=t.previous.value,
-                current=t.current.value,
-                reason=t.reason,
-            )
-        self._publisher.wake()
+    def _follow(self, view: ServiceView, transition: Transition | None) -> None:
+        """Bring the metrics and the registrar to the machine's state (first result of this
+        run, or a transition): directly, whatever the outbox is doing."""
+        config, state = view.config, view.machine.state
+        self._metrics.set_state(config.name, config.kind, State.UNKNOWN, state)
+        self._registrar.observe(config, state)
+        if transition is None:
+            return
+        t = transition
+        self._metrics.count_transition(t.service, t.previous, t.current)
+        log.info(
+            "service_state_changed",
+            service=t.service,
+            previous=t.previous.value,
+            current=t.current.value,
+            reason=t.reason,
+        )
 
     def snapshot(self) -> list[dict[str, Any]]:
         out = []

@@ -7,6 +7,7 @@ line and exit 2 (``loading``).
 
 from __future__ import annotations
 
+import re
 import socket
 from itertools import pairwise
 from pathlib import Path
@@ -20,6 +21,7 @@ from sutazai_agent.config.services import (
     AmqpUrl,
     ConsulService,
     HttpUrl,
+    IntervalSeconds,
     KongService,
     PositiveSeconds,
     RabbitmqService,
@@ -27,10 +29,23 @@ from sutazai_agent.config.services import (
     ServiceConfig,
     _Strict,
 )
-from sutazai_agent.core.secrets import MASK, is_secret_header, redact_url, url_password
+from sutazai_agent.core.secrets import (
+    MASK,
+    is_secret_header,
+    query_secrets,
+    redact_url,
+    url_password,
+)
 
 ENV_PREFIX = "SUTAZAI_AGENT_"
 CONFIG_ENV = "SUTAZAI_AGENT_CONFIG"
+NON_FIELD_ENV = frozenset({CONFIG_ENV, "SUTAZAI_AGENT_ID"})
+"""Variables with the prefix that are not fields: the config file, and the agent id that
+``deploy/.env`` hands to Compose (which passes it on as ``SUTAZAI_AGENT_AGENT_ID``)."""
+AGENT_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""``agent_id`` goes into the CloudEvents ``source``, Consul meta and a Consul filter."""
+MIN_CONSUL_TTL_S = 1.0
+"""Consul's TTL checks have a practical floor of a second (its timers, the heartbeats)."""
 PROBE_DURATION_BUCKETS_S = (0.005, 0.025, 0.1, 0.5, 2.5)
 """Default buckets of ``probe_duration_seconds``: 8 series per service (5 + +Inf, sum, count)."""
 
@@ -43,7 +58,7 @@ class HttpListen(_Strict):
 class ConsulConfig(_Strict):
     url: HttpUrl = "http://localhost:10006"
     token: SecretStr = SecretStr("")
-    ttl_s: PositiveSeconds = 30.0
+    ttl_s: Annotated[float, Field(ge=MIN_CONSUL_TTL_S)] = 30.0
     deregister_critical_after_s: PositiveSeconds = 60.0
     resync_interval_s: PositiveSeconds = 60.0
     timeout_s: PositiveSeconds = 5.0
@@ -120,9 +135,9 @@ class AgentConfig(BaseSettings):
         frozen=True,
     )
 
-    agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    agent_id: str = Field(default_factory=socket.gethostname)
     group: str = Field(default="", max_length=128, pattern=r"^[A-Za-z0-9_.-]*$")
-    interval_s: PositiveSeconds = 10.0
+    interval_s: IntervalSeconds = 10.0
     timeout_s: PositiveSeconds = 5.0
     rise: Annotated[int, Field(ge=1)] = 2
     fall: Annotated[int, Field(ge=1)] = 2
@@ -138,6 +153,28 @@ class AgentConfig(BaseSettings):
     services: list[ServiceConfig] = Field(default_factory=_default_services)
 
     _secret_fields: ClassVar[tuple[str, ...]] = ("consul.token",)
+
+    @field_validator("agent_id")
+    @classmethod
+    def _agent_id(cls, value: str) -> str:
+        if not AGENT_ID_RE.fullmatch(value):
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise ValueError(f"{shown!r} must be 1 to 128 of [A-Za-z0-9._-]")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _some_services(cls, value: list[ServiceConfig]) -> list[ServiceConfig]:
+        if not value:
+            raise ValueError("must list at least one service (the agent would watch nothing)")
+        return value
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (it would be the working directory)")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -219,17 +256,21 @@ class AgentConfig(BaseSettings):
                     getattr(service, "admin_url", None),
                     getattr(service, "proxy_url", None),
                     getattr(service, "status_url", None),
+                    getattr(service, "dsn", None),
                 )
                 if value
             )
             headers = getattr(service, "headers", {})
             found.update(v for k, v in headers.items() if is_secret_header(k))
         found.update(p for p in (url_password(u) for u in urls) if p)
+        found.update(secret for url in urls for secret in query_secrets(url))
         return frozenset(s for s in found if len(s) >= 3)
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration as plain data, every secret replaced by ``***``."""
+        """The effective configuration as plain data: every secret that is set shows as
+        ``***``, one that is not set as ``""`` (so an operator sees which are set)."""
         redacted: dict[str, Any] = _redact(self.model_dump(mode="json", by_alias=True))
+        redacted["consul"]["token"] = MASK if self.consul.token.get_secret_value() else ""
         return redacted
 
 
@@ -240,9 +281,6 @@ def _redact(value: Any, key: str = "") -> Any:
         return {k: _redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v, key) for v in value]
-    if isinstance(value, str):
-        if key == "token":
-            return MASK if value and value != "**********" else ""
-        if "://" in value:
-            return redact_url(value)
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
     return value

@@ -7,14 +7,32 @@ address and port default.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from sutazai_agent.config.extras import missing_extra
 from sutazai_agent.core.secrets import redact_url
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+META_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+META_VALUE_MAX = 512
+META_PAIRS_MAX = 64
+"""Consul's limits on service meta (the agent's own keys count too)."""
+AGENT_META_KEYS = ("managed-by", "agent-id", "kind")
+"""Meta keys the agent sets on every registration."""
+MIN_INTERVAL_S = 0.1
+"""The shortest probe interval accepted: below it the probes are a load test."""
 
 
 def _url(*schemes: str) -> AfterValidator:
@@ -35,13 +53,28 @@ def _url(*schemes: str) -> AfterValidator:
 
 HttpUrl = Annotated[str, _url("http", "https")]
 AmqpUrl = Annotated[str, _url("amqp", "amqps")]
+RedisUrl = Annotated[str, _url("redis", "rediss")]
+PostgresDsn = Annotated[str, _url("postgresql", "postgres")]
 PositiveSeconds = Annotated[float, Field(gt=0)]
+IntervalSeconds = Annotated[float, Field(ge=MIN_INTERVAL_S)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+_DEFAULT_PORTS = {
+    "http": 80,
+    "https": 443,
+    "amqp": 5672,
+    "amqps": 5671,
+    "redis": 6379,
+    "rediss": 6379,
+    "postgresql": 5432,
+    "postgres": 5432,
+}
 
 
 def url_host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
-    default = {"http": 80, "https": 443, "amqp": 5672, "amqps": 5671}.get(parts.scheme, 0)
+    default = _DEFAULT_PORTS.get(parts.scheme, 0)
     return parts.hostname or "", parts.port or default
 
 
@@ -57,7 +90,7 @@ class ServiceBase(_Strict):
     """Fields every kind of service shares."""
 
     name: str
-    interval_s: PositiveSeconds | None = None
+    interval_s: IntervalSeconds | None = None
     timeout_s: PositiveSeconds | None = None
     rise: Annotated[int, Field(ge=1)] | None = None
     fall: Annotated[int, Field(ge=1)] | None = None
@@ -80,9 +113,22 @@ class ServiceBase(_Strict):
     @field_validator("meta")
     @classmethod
     def _meta_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        reserved = {"managed-by", "agent-id", "kind"} & set(value)
+        """Consul's rules, checked here rather than by a 400 at every resync."""
+        reserved = set(AGENT_META_KEYS) & set(value)
         if reserved:
             raise ValueError(f"keys {sorted(reserved)} are set by the agent")
+        bad = sorted(key for key in value if not META_KEY_RE.fullmatch(key))
+        if bad:
+            raise ValueError(f"keys {bad} are not Consul meta keys ([A-Za-z0-9_-], at most 128)")
+        prefixed = sorted(key for key in value if key.startswith("consul-"))
+        if prefixed:
+            raise ValueError(f"keys {prefixed} use the prefix 'consul-', reserved by Consul")
+        long = sorted(key for key, text in value.items() if len(text) > META_VALUE_MAX)
+        if long:
+            raise ValueError(f"values of {long} are longer than {META_VALUE_MAX} characters")
+        room = META_PAIRS_MAX - len(AGENT_META_KEYS)
+        if len(value) > room:
+            raise ValueError(f"at most {room} pairs (Consul allows {META_PAIRS_MAX}, 3 are ours)")
         return value
 
     @property
@@ -128,6 +174,13 @@ class HttpService(ServiceBase):
                 raise ValueError(f"value of {name!r} must not contain CR, LF or NUL")
         return value
 
+    @model_validator(mode="after")
+    def _head_has_no_body(self) -> HttpService:
+        if self.method == "HEAD" and self.body_regex is not None:
+            # The field goes in the message: the loc of a model check is the service itself.
+            raise ValueError("body_regex: a HEAD response has no body to match; use method: GET")
+        return self
+
     def target(self) -> tuple[str, int]:
         return url_host_port(self.url)
 
@@ -169,6 +222,101 @@ class RabbitmqService(ServiceBase):
         return url_host_port(self.amqp_url)
 
 
+def _no_query_password(value: str) -> str:
+    """Passwords live in the userinfo only, where redaction and the log scrubber find them."""
+    if "password" in parse_qs(urlsplit(value).query):
+        raise ValueError("put the password in the userinfo (user:password@host), not the query")
+    return value
+
+
+class _ExtraService(ServiceBase):
+    """A kind whose client library is an optional extra: configuring it needs the extra."""
+
+    @field_validator("kind", check_fields=False)
+    @classmethod
+    def _installed(cls, kind: str) -> str:
+        problem = missing_extra(kind)
+        if problem:
+            raise ValueError(problem)
+        return kind
+
+
+class RedisService(_ExtraService):
+    kind: Literal["redis"]
+    url: RedisUrl
+
+    @field_validator("url")
+    @classmethod
+    def _password_in_userinfo(cls, value: str) -> str:
+        return _no_query_password(value)
+
+    @field_validator("url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        path = urlsplit(value).path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"the path must be a database number, got {path!r}")
+        return value
+
+    def target(self) -> tuple[str, int]:
+        return url_host_port(self.url)
+
+
+class PostgresService(_ExtraService):
+    kind: Literal["postgres"]
+    dsn: PostgresDsn
+    primary: bool = False
+
+    @field_validator("dsn")
+    @classmethod
+    def _password_in_userinfo(cls, value: str) -> str:
+        return _no_query_password(value)
+
+    @field_validator("tls_verify")
+    @classmethod
+    def _tls_from_dsn(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("postgres TLS is set by the DSN's sslmode (require, verify-full)")
+        return value
+
+    def target(self) -> tuple[str, int]:
+        return url_host_port(self.dsn)
+
+
+class GrpcService(_ExtraService):
+    kind: Literal["grpc"]
+    host: str = Field(min_length=1)
+    port: Port  # required here: it is the target
+    grpc_service: str = ""
+    tls: bool = False
+    ca_file: Path | None = None
+    server_name: str | None = Field(default=None, min_length=1)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("ca_file", "server_name")
+    @classmethod
+    def _needs_tls(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None and not info.data.get("tls"):
+            raise ValueError("needs tls: true")
+        return value
+
+    @field_validator("tls_verify")
+    @classmethod
+    def _always_verified(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError("gRPC always verifies the server; trust its CA with ca_file")
+        return value
+
+    def target(self) -> tuple[str, int]:
+        return self.host, self.port
+
+
 def registration_address(service: ServiceConfig) -> tuple[str, int]:
     """Address and port registered in Consul: explicit, else the probed target's."""
     host, port = service.target()
@@ -176,7 +324,14 @@ def registration_address(service: ServiceConfig) -> tuple[str, int]:
 
 
 ServiceConfig = Annotated[
-    HttpService | TcpService | KongService | ConsulService | RabbitmqService,
+    HttpService
+    | TcpService
+    | KongService
+    | ConsulService
+    | RabbitmqService
+    | RedisService
+    | PostgresService
+    | GrpcService,
     Field(discriminator="kind"),
 ]
-KINDS = ("http", "tcp", "kong", "consul", "rabbitmq")
+KINDS = ("http", "tcp", "kong", "consul", "rabbitmq", "redis", "postgres", "grpc")

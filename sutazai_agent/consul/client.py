@@ -7,7 +7,9 @@ opens a session of its own and reads response bodies without a bound. This clien
 bounds every body it reads and turns every failure into a ``ConsulError``.
 
 The ACL token travels only in the ``X-Consul-Token`` header: it is never part of a URL, a
-log line or an error message.
+log line or an error message. Redirects are never followed (Consul's API does not redirect,
+and following one would hand the token to whatever origin the ``Location`` names): a 3xx is
+a ``ConsulError`` naming the status.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class ConsulError(Exception):
 
 class ConsulUnavailableError(ConsulError):
     """Consul cannot answer: refused, timed out, TLS failure, 5xx, no cluster leader."""
+
+
+class ConsulRateLimitedError(ConsulUnavailableError):
+    """429: Consul's rate limit refused the call for now; back off and try again."""
 
 
 class ConsulPermissionError(ConsulError):
@@ -343,7 +349,7 @@ class ConsulClient:
             extra["timeout"] = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with session.request(
-                method, url, params=params, data=payload, **extra
+                method, url, params=params, data=payload, allow_redirects=False, **extra
             ) as response:
                 status = response.status
                 index = _index(response.headers.get("X-Consul-Index"))
@@ -354,6 +360,9 @@ class ConsulClient:
             raise ConsulUnavailableError(operation, f"no answer within {limit_s:g}s") from None
         except aiohttp.ClientError as exc:
             raise ConsulUnavailableError(operation, self._scrubber.error(exc)) from None
+        if 300 <= status < 400:
+            message = f"redirect refused (Consul's API does not redirect): HTTP {status}"
+            raise ConsulError(operation, message, status)
         if status == 404 and absent_ok and not raw.strip():
             return Answer(status, index, None)
         if status >= 400:
@@ -414,6 +423,8 @@ def _http_error(operation: str, status: int, text: str) -> ConsulError:
         return ConsulPermissionError(operation, text or "Permission denied", status)
     if status == 404:
         return ConsulNotFoundError(operation, text or "not found", status)
+    if status == 429:
+        return ConsulRateLimitedError(operation, text or "rate limit exceeded", status)
     if status >= 500:
         return ConsulUnavailableError(operation, text, status)
     return ConsulError(operation, text, status)

@@ -20,6 +20,7 @@ from sutazai_agent.consul.client import (
     CheckStatus,
     ConsulError,
     ConsulPermissionError,
+    ConsulRateLimitedError,
     ConsulUnavailableError,
 )
 from sutazai_agent.core.model import State
@@ -364,15 +365,20 @@ OUTAGE_LOG: dict[str, tuple[str, str, dict[str, str]]] = {
         },
     ),
     "unreachable": ("warning", "consul_unreachable", {"action": "will retry"}),
+    "rate_limited": ("warning", "consul_rate_limited", {"action": "backing off, will retry"}),
     "error": ("error", "consul_sync_error", {"action": "will retry"}),
 }
 """How the start of an outage of each kind is logged: ``(level, event, extra fields)``."""
 
 
 def outage_kind(exc: ConsulError) -> str:
-    """``forbidden`` (403), ``unreachable`` (no answer, 5xx) or ``error`` (an unusable answer)."""
+    """``forbidden`` (403), ``rate_limited`` (429), ``unreachable`` (no answer, 5xx) or
+    ``error`` (an unusable answer). All but ``error`` hold every change until Consul takes
+    writes again; ``error`` rejects only the one registration until the next resync."""
     if isinstance(exc, ConsulPermissionError):
         return "forbidden"
+    if isinstance(exc, ConsulRateLimitedError):
+        return "rate_limited"
     if isinstance(exc, ConsulUnavailableError):
         return "unreachable"
     return "error"

@@ -14,11 +14,20 @@ from urllib.parse import urlsplit, urlunsplit
 MASK = "***"
 
 _USERINFO = re.compile(r"(//[^/@\s:]*):[^/@\s]*@")
+_QUERY_SECRET = re.compile(
+    r"([?&;][^=&;#\s]*(?:token|passw|pwd|secret|key|signature|auth|credential)[^=&;#\s]*=)"
+    r"[^&;#\s]+",
+    re.IGNORECASE,
+)
+"""A query parameter whose name says it carries a credential (``?access_token=…``,
+``&password=…``, ``api_key=…``), in a URL or in free text."""
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-consul-token"})
 
 
 def redact_url(url: str) -> str:
-    """``amqp://guest:secret@host/`` → ``amqp://guest:***@host/``."""
+    """``amqp://guest:secret@host/`` → ``amqp://guest:***@host/``; credential-carrying query
+    parameters (``?access_token=s3cret``) → ``?access_token=***``."""
+    url = redact_query(url)
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -44,8 +53,19 @@ def url_password(url: str) -> str | None:
 
 
 def scrub_urls(text: str) -> str:
-    """Hide the password of any URL inside free text (``//user:secret@`` → ``//user:***@``)."""
-    return _USERINFO.sub(rf"\1:{MASK}@", text)
+    """Hide the password of any URL inside free text (``//user:secret@`` → ``//user:***@``)
+    and credential-carrying query parameters (``?access_token=…`` → ``?access_token=***``)."""
+    return redact_query(_USERINFO.sub(rf"\1:{MASK}@", text))
+
+
+def redact_query(text: str) -> str:
+    """``?access_token=abc&x=1`` → ``?access_token=***&x=1``, anywhere in ``text``."""
+    return _QUERY_SECRET.sub(rf"\1{MASK}", text)
+
+
+def query_secrets(url: str) -> list[str]:
+    """The values of the credential-carrying query parameters of ``url``."""
+    return [match.group(0)[len(match.group(1)) :] for match in _QUERY_SECRET.finditer(url)]
 
 
 def is_secret_header(name: str) -> bool:

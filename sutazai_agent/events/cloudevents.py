@@ -30,9 +30,15 @@ def source(agent_id: str) -> str:
 
 
 def build_event(
-    transition: Transition, *, agent_id: str, sequence: int, event_id: str | None = None
+    transition: Transition,
+    *,
+    agent_id: str,
+    sequence: int,
+    epoch: str,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
-    """The CloudEvent announcing ``transition`` as the service's ``sequence``-th event."""
+    """The CloudEvent announcing ``transition`` as the service's ``sequence``-th event of
+    ``epoch`` (the outbox database's UUID: sequences are ordered within one epoch)."""
     result = transition.result
     return {
         "specversion": SPEC_VERSION,
@@ -49,6 +55,7 @@ def build_event(
             "current": transition.current.value,
             "reason": transition.reason,
             "sequence": sequence,
+            "epoch": epoch,
             "agent_id": agent_id,
             "probe": {
                 "latency_ms": round(result.latency_s * 1000, 3),

@@ -1,13 +1,17 @@
-"""Publishing a batch under a slow loop: the confirmed prefix and the adaptive batch size.
+"""Publishing a batch: per-message confirms, per-service holds and the adaptive batch size.
+
+Per message. Each message of a batch is settled on its own (``settle``): confirmed or
+returned ones leave the outbox whatever happened to the others, so a confirmed event is never
+sent again; a nacked one holds back only its own service (``Holds``); one that got no answer
+(connection lost, confirm timeout) stays in the outbox and is sent again later.
 
 Confirm timeout. The channel hands messages to the socket one at a time, so on a slow or
 saturated loop the last of a batch waits seconds before it is even written. A deadline per
 message from the start of the batch counted that wait and timed out the tail of every batch.
-The publisher's ``publish_timeout_s`` therefore bounds how long the confirmed prefix may go
-without growing: the confirms are awaited in outbox order and each one restarts the clock
-(``confirmed_prefix``). A clock per message from its hand-off would be as good, but the
-hand-off happens inside aiormq's ``basic_publish``, which also awaits the confirm, so it
-cannot be observed from here. A dead or hung broker still fails a batch
+The publisher's ``publish_timeout_s`` therefore bounds how long the batch may go without a
+confirm: each confirm restarts the clock. A clock per message from its hand-off would be as
+good, but the hand-off happens inside aiormq's ``basic_publish``, which also awaits the
+confirm, so it cannot be observed from here. A dead or hung broker still fails a batch
 ``publish_timeout_s`` after its start or its last confirm.
 
 Adaptive batch. After a confirm timeout the next batch asks for only as many events as were
@@ -21,6 +25,18 @@ off as an outage.
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import aiormq.exceptions
+import pamqp.commands
+
+from sutazai_agent.core.backoff import Backoff
+
+if TYPE_CHECKING:
+    from sutazai_agent.events.outbox import StoredEvent
 
 
 def next_batch_size(
@@ -40,40 +56,126 @@ def next_batch_size(
     return current
 
 
-async def confirmed_prefix(
-    tasks: list[asyncio.Task[object]], timeout_s: float
-) -> tuple[list[object], BaseException | None, bool]:
-    """Await the publishes in outbox order, until one fails or the confirms stall.
+async def settle(tasks: list[asyncio.Task[object]], timeout_s: float) -> bool:
+    """Wait for every publish of a batch to be confirmed, returned, nacked or failed.
 
-    Returns the results of the confirmed prefix, the error that ended it (if any) and
-    whether that was a confirm timeout (``timeout_s`` without a confirm). The unfinished
-    rest is cancelled, never sent if it was still queued for the channel; what was sent is
-    published again later.
+    The clock restarts at each confirm (of any message): ``timeout_s`` without one ends the
+    wait, and what is still unconfirmed is cancelled (never sent if still queued for the
+    channel). Returns whether it ended that way; the caller reads each task's outcome.
     """
-    loop = asyncio.get_running_loop()
-    results: list[object] = []
-    stall = asyncio.timeout(timeout_s)
+    pending = set(tasks)
     try:
-        async with stall:
-            for task in tasks:
-                # wait(), not ``await task``: a publish that failed or was cancelled ends
-                # the prefix; its cancellation must not look like ours.
-                if not task.done():
-                    await asyncio.wait([task])
-                if task.cancelled() or task.exception() is not None:
-                    break
-                results.append(task.result())
-                stall.reschedule(loop.time() + timeout_s)
-    except TimeoutError as exc:
-        return results, exc, True
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                return True
     finally:
-        rest = tasks[len(results) :]
-        for task in rest:
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
-    if len(results) == len(tasks):
-        return results, None, False
-    failed = tasks[len(results)]
-    if failed.cancelled():
-        return results, asyncio.CancelledError("publish cancelled"), False
-    return results, failed.exception(), False
+        await asyncio.gather(*pending, return_exceptions=True)
+    return False
+
+
+class _Keyed(Protocol):
+    @property
+    def service(self) -> str: ...
+
+
+_Row = TypeVar("_Row", bound=_Keyed)
+
+
+@dataclass(slots=True)
+class Hold:
+    backoff: Backoff
+    until: float = 0.0
+
+    @property
+    def attempts(self) -> int:
+        return self.backoff.failures
+
+
+class Holds:
+    """Services whose oldest event the broker rejected (nack: e.g. a ``reject-publish`` queue
+    at its limit). Their events wait, retried with exponential backoff; other services' events
+    never wait behind them. Pure bookkeeping on a clock given by the caller."""
+
+    def __init__(
+        self, min_backoff_s: float, max_backoff_s: float, rng: random.Random | None = None
+    ) -> None:
+        self._min_s = min_backoff_s
+        self._max_s = max_backoff_s
+        self._rng = rng
+        self._holds: dict[str, Hold] = {}
+
+    def hold(self, service: str, now: float) -> Hold:
+        """The service's event was rejected (again): hold it for the next backoff."""
+        hold = self._holds.get(service)
+        if hold is None:
+            hold = self._holds[service] = Hold(Backoff(self._min_s, self._max_s, self._rng))
+        hold.until = now + hold.backoff.next()
+        return hold
+
+    def release(self, service: str) -> Hold | None:
+        """One of the service's events was confirmed: its hold ends."""
+        return self._holds.pop(service, None)
+
+    def probe_only(self, rows: list[_Row]) -> list[_Row]:
+        """A held service whose hold ended sends only its oldest event, alone, until one is
+        confirmed: each retry of a rejection also reaches the queues that accepted it, so
+        only one event is sent again, not the whole backlog behind it."""
+        if not self._holds:
+            return rows
+        seen: set[str] = set()
+        kept = []
+        for row in rows:
+            if row.service in self._holds:
+                if row.service in seen:
+                    continue
+                seen.add(row.service)
+            kept.append(row)
+        return kept
+
+    def waiting(self, now: float) -> list[str]:
+        """The services whose events must not be sent now."""
+        return [service for service, hold in self._holds.items() if hold.until > now]
+
+    def next_until(self, now: float) -> float | None:
+        """Seconds until the next hold ends, if any is still running."""
+        ends = [hold.until - now for hold in self._holds.values() if hold.until > now]
+        return min(ends) if ends else None
+
+    def attempts(self) -> dict[str, int]:
+        return {service: hold.attempts for service, hold in self._holds.items()}
+
+
+def outcome(task: asyncio.Task[object]) -> object:
+    """A settled publish: its result (ack or returned message) or its exception."""
+    if task.cancelled():
+        return TimeoutError("no confirm in time")
+    return task.exception() or task.result()
+
+
+def is_nack(exc: BaseException) -> bool:
+    return isinstance(exc, aiormq.exceptions.DeliveryError) and isinstance(
+        exc.frame, pamqp.commands.Basic.Nack
+    )
+
+
+class EventSource(Protocol):
+    """What the publisher needs of the outbox."""
+
+    def pending(self) -> int: ...
+
+    async def peek(self, limit: int, exclude: Collection[str] = ()) -> list[StoredEvent]: ...
+
+    async def ack(self, ids: Iterable[str]) -> int: ...
+
+
+class PublishFailedError(Exception):
+    """A batch was not fully confirmed; its unconfirmed events stay in the outbox."""
+
+
+class OutboxAckError(Exception):
+    """Confirmed events could not be deleted from the outbox; the delete is retried."""

@@ -1,5 +1,11 @@
 """The durable event outbox: SQLite in ``state_dir/agent.db``.
 
+The database carries an ``epoch``, a UUID created with it: every event names it, so a new or
+wiped ``state_dir`` (whose sequences start again at 1) is told apart from the old one. The
+outbox holds an exclusive lock on ``state_dir/agent.lock`` while it is open: a second agent
+on the same directory fails to start (``StateDirLockedError``) instead of publishing its own
+events under the same source and sequences.
+
 Every transition is written here, as a CloudEvent with the service's next sequence number, in
 the same transaction that records the service's new last known state. The publisher reads the
 events back in order and deletes them once the broker has confirmed them.
@@ -13,10 +19,14 @@ so readers on the loop see the state of the last commit and never a half-applied
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
+import os
 import sqlite3
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,8 +42,13 @@ from sutazai_agent.web.metrics import Metrics
 log = structlog.get_logger(__name__)
 
 DB_NAME = "agent.db"
-SCHEMA_VERSION = 1
+LOCK_NAME = "agent.lock"
+SCHEMA_VERSION = 2
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS services (
     name TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -51,6 +66,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 _T = TypeVar("_T")
+
+
+class StateDirLockedError(RuntimeError):
+    """Another process holds ``state_dir``'s lock (another agent uses this directory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +101,27 @@ class SqliteOutbox:
         self._db: sqlite3.Connection | None = None
         self._known: Mapping[str, KnownState] = types.MappingProxyType({})
         self._pending = 0
+        self._lock: StateDirLock | None = None
+        self.epoch = ""
 
     # --- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
         if self._executor is not None:
             raise RuntimeError("the outbox is already open")
+        self._lock = StateDirLock(self.path.parent)
+        self._lock.acquire()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         try:
             await self._call(self._open_sync)
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
+            self._lock.release()
             raise
         log.info(
             "outbox_opened",
             path=str(self.path),
+            epoch=self.epoch,
             pending=self._pending,
             services=len(self._known),
         )
@@ -109,6 +134,8 @@ class SqliteOutbox:
             await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
         finally:
             executor.shutdown(wait=False)
+            if self._lock is not None:
+                self._lock.release()
         log.info("outbox_closed", pending=self._pending)
 
     async def __aenter__(self) -> Self:
@@ -131,9 +158,9 @@ class SqliteOutbox:
         return self._pending
 
     # --- read by the publisher ------------------------------------------------------------
-    async def peek(self, limit: int) -> list[StoredEvent]:
-        """The oldest ``limit`` events, oldest first."""
-        return await self._call(self._peek_sync, limit)
+    async def peek(self, limit: int, exclude: Collection[str] = ()) -> list[StoredEvent]:
+        """The oldest ``limit`` events, oldest first, leaving out the ``exclude`` services."""
+        return await self._call(self._peek_sync, limit, sorted(exclude))
 
     async def ack(self, ids: Iterable[str]) -> int:
         """Delete events the broker has confirmed; returns how many were still there."""
@@ -159,6 +186,7 @@ class SqliteOutbox:
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             _prepare(db, self.path)
+            epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
             known = {
                 name: KnownState(State(state), datetime.fromisoformat(since), sequence)
                 for name, state, since, sequence in db.execute(
@@ -170,6 +198,7 @@ class SqliteOutbox:
             db.close()
             raise
         self._db = db
+        self.epoch = epoch
         self._known = types.MappingProxyType(known)
         self._set_pending(pending)
 
@@ -186,7 +215,9 @@ class SqliteOutbox:
         for transition in transitions:
             previous = changed.get(transition.service) or self._known.get(transition.service)
             sequence = (previous.sequence if previous is not None else 0) + 1
-            event = events.build_event(transition, agent_id=self._agent_id, sequence=sequence)
+            event = events.build_event(
+                transition, agent_id=self._agent_id, sequence=sequence, epoch=self.epoch
+            )
             key = events.routing_key(transition.service, transition.current)
             rows.append(
                 (event["id"], transition.service, sequence, key, events.encode(event), created_at)
@@ -219,7 +250,7 @@ class SqliteOutbox:
                 ).fetchall()
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._known = types.MappingProxyType({**self._known, **changed})
         self._set_pending(self._pending + len(rows) - len(dropped))
@@ -232,12 +263,10 @@ class SqliteOutbox:
                 oldest=[f"{service}#{sequence}" for service, sequence in dropped[:5]],
             )
 
-    def _peek_sync(self, limit: int) -> list[StoredEvent]:
-        cursor = self._conn().execute(
-            "SELECT id, service, sequence, routing_key, body, created_at FROM events"
-            " ORDER BY pos LIMIT ?",
-            (limit,),
-        )
+    def _peek_sync(self, limit: int, exclude: list[str]) -> list[StoredEvent]:
+        where = f" WHERE service NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
+        query = f"SELECT id, service, sequence, routing_key, body, created_at FROM events{where}"  # noqa: S608 - placeholders only
+        cursor = self._conn().execute(f"{query} ORDER BY pos LIMIT ?", (*exclude, limit))
         return [
             StoredEvent(
                 id=row[0],
@@ -260,7 +289,7 @@ class SqliteOutbox:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._set_pending(self._pending - deleted)
         return deleted
@@ -268,6 +297,15 @@ class SqliteOutbox:
     def _set_pending(self, pending: int) -> None:
         self._pending = pending
         self._metrics.events_pending.set(pending)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is still open, never hiding the error that got us here: SQLite has
+    already rolled back after some errors (``database or disk is full``), and a ROLLBACK then
+    fails with ``cannot rollback - no transaction is active``."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 def _prepare(db: sqlite3.Connection, path: Path) -> None:
@@ -280,4 +318,43 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
     if version > SCHEMA_VERSION:
         raise RuntimeError(f"{path}: schema version {version} is newer than this agent's")
     db.executescript(_SCHEMA)
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('epoch', ?) ON CONFLICT (key) DO NOTHING",
+        (str(uuid.uuid4()),),
+    )
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+class StateDirLock:
+    """An exclusive ``flock`` on ``state_dir/agent.lock``, held while the outbox is open.
+
+    The kernel releases it when the process dies, so a crash never leaves it stale. The file
+    names the holder's pid, for the message the second agent prints."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateDirLockedError(
+                f"{self.path.parent} is in use by another agent (pid {holder} holds {self.path})"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        with contextlib.suppress(OSError):  # the pid is for the message only (disk full)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

@@ -1,15 +1,17 @@
 """Drains the outbox to the RabbitMQ topic exchange, in order, with publisher confirms.
 
 One long-running task (``run``) publishes the outbox in batches: every message of a batch is
-written to one channel in outbox order, the broker's confirms are awaited, and the confirmed
-prefix of the batch is deleted from the outbox. A message the broker returns as unroutable is
-counted, logged and deleted (not retried). Anything else that goes wrong (broker unreachable,
-connection or channel lost, confirm timeout) leaves the events in the outbox: the failure is
-counted, logged once per outage ("will retry"), and the task backs off with jitter until the
-robust connection is back. Delivery is therefore at least once: an event whose confirm was
-lost is published again with the same ``id``.
+written to one channel in outbox order and each is settled on its own. What the broker
+confirmed, or returned as unroutable (counted, logged, not retried), is deleted from the
+outbox and never sent again: if the delete fails (disk full), it alone is retried, counted as
+an outbox failure. A nack (e.g. a ``reject-publish`` queue at its limit) holds back only that
+service's events, retried with backoff and counted; other services' events go on. Anything
+else (broker unreachable, connection or channel lost, confirm timeout) leaves the events in
+the outbox: the failure is counted, logged once per outage ("will retry"), and the task backs
+off with jitter until the robust connection is back. Delivery is therefore at least once: an
+event whose confirm was lost, or that was nacked, is published again with the same ``id``.
 
-How a batch is confirmed and sized under a slow loop: ``batching``.
+How a batch is confirmed, held and sized: ``confirms``. The connection: ``connection``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Iterable
+import time
 from datetime import UTC, datetime
-from typing import Any, Protocol, Self
+from typing import Any, Self
 from urllib.parse import unquote
 
 import aio_pika
@@ -27,42 +29,31 @@ import aiormq.abc
 import structlog
 from aio_pika.abc import (
     AbstractExchange,
-    AbstractRobustChannel,
-    AbstractRobustConnection,
     DeliveryMode,
-    ExchangeType,
 )
-from aio_pika.connection import make_url
 
 from sutazai_agent.config import RabbitmqConfig, redact_url, url_password
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.model import format_time
 from sutazai_agent.core.outage import Outage
+from sutazai_agent.core.scheduler import MIN_SLEEP_S
 from sutazai_agent.core.secrets import Scrubber
 from sutazai_agent.events import cloudevents as events
-from sutazai_agent.events.confirms import confirmed_prefix, next_batch_size
+from sutazai_agent.events.confirms import (
+    EventSource,
+    Holds,
+    OutboxAckError,
+    PublishFailedError,
+    is_nack,
+    next_batch_size,
+    outcome,
+    settle,
+)
+from sutazai_agent.events.connection import BrokerConnection, BrokerUnavailableError
 from sutazai_agent.events.outbox import StoredEvent
 from sutazai_agent.web.metrics import Metrics
 
 log = structlog.get_logger(__name__)
-
-
-class EventSource(Protocol):
-    """What the publisher needs of the outbox."""
-
-    def pending(self) -> int: ...
-
-    async def peek(self, limit: int) -> list[StoredEvent]: ...
-
-    async def ack(self, ids: Iterable[str]) -> int: ...
-
-
-class BrokerUnavailableError(Exception):
-    """The connection to the broker is down; the robust connection is reconnecting."""
-
-
-class PublishFailedError(Exception):
-    """A batch was not fully confirmed; its unconfirmed tail stays in the outbox."""
 
 
 class RabbitPublisher:
@@ -93,24 +84,32 @@ class RabbitPublisher:
         self._min_batch_size = max(1, min(min_batch_size, batch_size))
         self._batch_limit = batch_size  # adapts between the two (``next_batch_size``)
         self._publish_timeout_s = publish_timeout_s
-        self._connect_timeout_s = connect_timeout_s
         # Jitter per agent, so a fleet does not reconnect in lockstep after a broker restart.
         jitter = random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not cryptography
-        self._reconnect_interval_s = round(reconnect_interval_s * jitter, 3)
         self._backoff = Backoff(min_backoff_s, max_backoff_s)
         self._idle_poll_s = idle_poll_s
         password = url_password(config.url)
         self._scrubber = Scrubber(p for p in (password, password and unquote(password)) if p)
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
-        self._exchange: AbstractExchange | None = None
         self._wake = asyncio.Event()
         self._reconnected = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closing = asyncio.Event()
+        self._broker = BrokerConnection(
+            config.url,
+            config.exchange,
+            f"{events.APP_ID}/{agent_id}",
+            connect_timeout_s=connect_timeout_s,
+            reconnect_interval_s=round(reconnect_interval_s * jitter, 3),
+            scrubber=self._scrubber,
+            closing=self._closing,
+            reconnected=self._reconnected,
+        )
         self._outage = Outage()
+        self._ack_outage = Outage()
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
+        self._holds = Holds(min_backoff_s, max_backoff_s)
+        self._unacked: list[str] = []
 
     # --- Publisher role -------------------------------------------------------------------
     def wake(self) -> None:
@@ -122,6 +121,8 @@ class RabbitPublisher:
             "url": redact_url(self._url),
             "exchange": self._exchange_name,
             "batch_size": self._batch_limit,
+            "held_services": self._holds.attempts(),
+            "confirmed_not_deleted": len(self._unacked),
             "last_error": self._last_error,
             "last_error_at": None
             if self._last_error_at is None
@@ -130,14 +131,7 @@ class RabbitPublisher:
 
     @property
     def connected(self) -> bool:
-        connection, channel = self._connection, self._channel
-        return (
-            connection is not None
-            and not connection.is_closed
-            and connection.connected.is_set()
-            and channel is not None
-            and not channel.is_closed
-        )
+        return self._broker.connected
 
     # --- lifecycle ----------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -150,7 +144,7 @@ class RabbitPublisher:
         """Close the connection. Cancel ``run()`` first; unpublished events stay in the outbox."""
         self._closing.set()
         self._wake.set()
-        await self._disconnect()
+        await self._broker.disconnect()
 
     async def run(self) -> None:
         """Publish the outbox until cancelled (or closed). Never raises on broker trouble."""
@@ -160,6 +154,9 @@ class RabbitPublisher:
                 continue
             try:
                 published = await self._drain_once()
+            except OutboxAckError as exc:
+                self._ack_failed(exc)
+                await self._pause(self._backoff.next())
             except Exception as exc:  # noqa: BLE001 - loop boundary: log, count, back off, retry
                 if self._closing.is_set():
                     return
@@ -184,6 +181,10 @@ class RabbitPublisher:
                 while self._source.pending() > 0:
                     try:
                         published = await self._drain_once()
+                    except OutboxAckError as exc:
+                        self._ack_failed(exc)
+                        await self._pause(self._backoff.next())
+                        continue
                     except Exception as exc:  # noqa: BLE001 - retry until the deadline
                         self._failed(exc)
                         await self._pause(self._backoff.next())
@@ -200,13 +201,22 @@ class RabbitPublisher:
     async def _drain_once(self) -> int:
         """Publish one batch from the outbox; returns how many events left the outbox.
 
-        Raises ``PublishFailedError`` unless every event was confirmed or, after a confirm
-        timeout, at least the first was (the confirmed prefix is acked either way).
+        Every message is settled on its own: what the broker confirmed or returned is deleted
+        from the outbox (and never sent again, even if deleting has to be retried); a nack
+        holds back that service's events; what got no answer stays. Raises
+        ``PublishFailedError`` when messages got no answer (unless a confirm timeout came after
+        some progress) and ``OutboxAckError`` when the confirmed ones cannot be deleted.
         """
         async with self._lock:
             self._reconnected.clear()
+            if self._unacked:  # confirmed earlier, delete failed: retry that, publish nothing
+                await self._ack(self._unacked)
             exchange = await self._ensure_exchange()
-            rows = await self._source.peek(self._batch_limit)
+            rows = self._holds.probe_only(
+                await self._source.peek(
+                    self._batch_limit, exclude=self._holds.waiting(time.monotonic())
+                )
+            )
             if not rows:
                 return 0
             # Tasks start in order and each reaches the channel's publish lock without
@@ -215,41 +225,92 @@ class RabbitPublisher:
                 asyncio.create_task(self._publish(exchange, row), name=f"publish-{row.id}")
                 for row in rows
             ]
-            results, error, timed_out = await confirmed_prefix(tasks, self._publish_timeout_s)
+            timed_out = await settle(tasks, self._publish_timeout_s)
             done: list[str] = []
-            for row, result in zip(rows[: len(results)], results, strict=True):
-                if isinstance(result, aiormq.abc.DeliveredMessage):
-                    self._metrics.events_unroutable.inc()
-                    log.warning(
-                        "event_unroutable",
-                        event_id=row.id,
-                        service=row.service,
-                        sequence=row.sequence,
-                        routing_key=row.routing_key,
-                        exchange=self._exchange_name,
-                    )
+            error: BaseException | None = None
+            rejected: dict[str, StoredEvent] = {}
+            for row, task in zip(rows, tasks, strict=True):
+                settled = outcome(task)
+                if isinstance(settled, BaseException):
+                    if is_nack(settled):
+                        rejected.setdefault(row.service, row)
+                    else:
+                        error = error or settled
+                    continue
+                done.append(row.id)
+                if isinstance(settled, aiormq.abc.DeliveredMessage):
+                    self._unroutable(row)
                 else:
                     self._metrics.events_published.inc()
-                done.append(row.id)
-            await self._source.ack(done)
+                    if row.service not in rejected:
+                        self._released(row.service)
+            for row in rejected.values():
+                self._rejected(row)
+            await self._ack(done)
             self._batch_limit = next_batch_size(
                 self._batch_limit,
                 sent=len(rows),
-                confirmed=len(done),
+                confirmed=len(done) + len(rejected),
                 timed_out=timed_out,
                 floor=self._min_batch_size,
                 ceiling=self._batch_size,
             )
             if error is None:
                 return len(done)
-            why = self._scrubber.error(error)
             failure = PublishFailedError(
-                f"{len(rows) - len(done)} of {len(rows)} events not confirmed: {why}"
+                f"{len(rows) - len(done) - len(rejected)} of {len(rows)} events not confirmed:"
+                f" {self._scrubber.error(error)}"
             )
             if timed_out and done:
                 self._slow(failure, confirmed=len(done), sent=len(rows))
                 return len(done)
             raise failure from error
+
+    async def _ack(self, ids: list[str]) -> None:
+        """Delete confirmed events; if that fails, keep them to retry (never to re-publish)."""
+        try:
+            await self._source.ack(ids)
+        except Exception as exc:
+            self._unacked = list(dict.fromkeys([*self._unacked, *ids]))
+            raise OutboxAckError(f"cannot delete {len(self._unacked)} confirmed events") from exc
+        if self._unacked:
+            outage_s = self._ack_outage.recovered()
+            log.info("outbox_ack_recovered", outage_s=outage_s, deleted=len(self._unacked))
+            self._unacked = []
+            self._backoff.reset()
+
+    def _unroutable(self, row: StoredEvent) -> None:
+        self._metrics.events_unroutable.inc()
+        log.warning(
+            "event_unroutable",
+            event_id=row.id,
+            service=row.service,
+            sequence=row.sequence,
+            routing_key=row.routing_key,
+            exchange=self._exchange_name,
+        )
+
+    def _rejected(self, row: StoredEvent) -> None:
+        """The broker nacked ``row``: hold its service's events back, with backoff."""
+        self._metrics.events_publish_failures.inc()
+        hold = self._holds.hold(row.service, time.monotonic())
+        fields = {
+            "event_id": row.id,
+            "service": row.service,
+            "sequence": row.sequence,
+            "routing_key": row.routing_key,
+            "attempt": hold.attempts,
+            "retry_in_s": round(hold.until - time.monotonic(), 3),
+        }
+        if hold.attempts == 1:
+            log.warning("event_rejected", **fields, will_retry=True)
+        else:
+            log.debug("event_rejected_again", **fields)
+
+    def _released(self, service: str) -> None:
+        hold = self._holds.release(service)
+        if hold is not None:
+            log.info("event_rejection_cleared", service=service, attempts=hold.attempts)
 
     async def _publish(self, exchange: AbstractExchange, row: StoredEvent) -> object:
         message = aio_pika.Message(
@@ -267,59 +328,17 @@ class RabbitPublisher:
     async def _ensure_exchange(self) -> AbstractExchange:
         if self._closing.is_set():
             raise BrokerUnavailableError("the publisher is closed")
-        if self._connection is not None and self._connection.is_closed:
-            await self._disconnect()
-        if self._exchange is None:
-            await self._connect()
-        if self._exchange is None or not self.connected:
-            raise BrokerUnavailableError("not connected to the broker; reconnecting")
-        return self._exchange
-
-    async def _connect(self) -> None:
-        # What aio_pika.connect_robust() does, but holding the connection before connecting,
-        # so that a failed or cancelled (shutdown, flush deadline) connect is closed rather
-        # than left reconnecting in the background.
-        connection = aio_pika.RobustConnection(
-            make_url(self._url),
-            client_properties={"connection_name": f"{events.APP_ID}/{self._agent_id}"},
-            reconnect_interval=self._reconnect_interval_s,
-        )
-        try:
-            # One deadline for the handshake, the channel and the exchange: a broker that
-            # accepts and then stops answering must not wedge the publisher.
-            async with asyncio.timeout(self._connect_timeout_s):
-                await connection.connect(timeout=self._connect_timeout_s)
-                channel = await connection.channel(publisher_confirms=True)
-                exchange = await channel.declare_exchange(
-                    self._exchange_name, ExchangeType.TOPIC, durable=True
-                )
-        except BaseException:
-            await _close(connection)
-            raise
-        connection.reconnect_callbacks.add(self._on_reconnect)
-        connection.close_callbacks.add(self._on_connection_lost)
-        self._connection, self._channel, self._exchange = connection, channel, exchange
-        log.info(
-            "event_publisher_connected", url=redact_url(self._url), exchange=self._exchange_name
-        )
-
-    async def _disconnect(self) -> None:
-        connection = self._connection
-        self._connection = self._channel = self._exchange = None
-        if connection is not None:
-            await _close(connection)
-
-    def _on_reconnect(self, *_: object) -> None:
-        self._reconnected.set()
-
-    def _on_connection_lost(self, _: object, exc: BaseException | None) -> None:
-        if not self._closing.is_set() and exc is not None:
-            log.debug("event_broker_connection_lost", error=self._scrubber.error(exc))
+        return await self._broker.exchange()
 
     # --- waiting, failures and recovery ---------------------------------------------------
     async def _idle(self) -> None:
+        """Wait for new events, the poll interval, or the end of the next hold."""
+        poll_s = self._idle_poll_s
+        hold_s = self._holds.next_until(time.monotonic())
+        if hold_s is not None:
+            poll_s = min(poll_s, max(hold_s, MIN_SLEEP_S))
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._idle_poll_s):
+            async with asyncio.timeout(poll_s):
                 await self._wake.wait()
         self._wake.clear()
 
@@ -345,6 +364,21 @@ class RabbitPublisher:
             log.debug(
                 "event_publish_retry_failed", error=self._last_error, attempt=self._outage.failures
             )
+
+    def _ack_failed(self, exc: OutboxAckError) -> None:
+        """The outbox cannot delete confirmed events (disk full...): an outbox failure, not a
+        broker one. Counted, logged once with the real cause; the delete is retried alone."""
+        self._metrics.outbox_write_failures.inc()
+        cause = self._scrubber.error(exc.__cause__ or exc)
+        if self._ack_outage.failed():
+            log.error(
+                "outbox_ack_failed",
+                error=cause,
+                confirmed=len(self._unacked),
+                action="will retry the delete; nothing is published again",
+            )
+        else:
+            log.debug("outbox_ack_retry_failed", error=cause, attempt=self._ack_outage.failures)
 
     def _slow(self, exc: BaseException, *, confirmed: int, sent: int) -> None:
         """A batch timed out after confirming a prefix: count it, but it is no outage."""
@@ -372,13 +406,3 @@ class RabbitPublisher:
             failed_attempts=failures,
             pending=self._source.pending(),
         )
-
-
-CLOSE_TIMEOUT_S = 5.0
-
-
-async def _close(connection: AbstractRobustConnection) -> None:
-    """Close, but never wait on a dead peer for more than ``CLOSE_TIMEOUT_S``."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(CLOSE_TIMEOUT_S):
-            await connection.close()

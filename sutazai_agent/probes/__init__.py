@@ -4,6 +4,10 @@
 the probe for a configured service; ``run_probe`` is how the scheduler calls one: it adds a
 hard backstop timeout and turns anything a buggy probe raises into a failed result, so a crash
 inside a probe is a failed probe and never a dead agent.
+
+The redis, postgres and grpc probes import their client library (an optional extra) when
+the first probe of their kind is built, so the agent starts without them; the configuration
+refuses such a kind when its extra is missing (``config.extras``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sutazai_agent.core.model import Outcome, ProbeResult
 from sutazai_agent.probes.base import clock, elapsed_since, error_reason, make_session, seconds
 from sutazai_agent.probes.consul import ConsulProbe
+from sutazai_agent.probes.grpc import GrpcProbe
 from sutazai_agent.probes.http import HttpProbe
 from sutazai_agent.probes.kong import KongProbe
+from sutazai_agent.probes.postgres import PostgresProbe
 from sutazai_agent.probes.rabbitmq import RabbitmqProbe
+from sutazai_agent.probes.redis import RedisProbe
 from sutazai_agent.probes.tcp import TcpProbe
 
 if TYPE_CHECKING:
@@ -52,6 +59,9 @@ PROBES: dict[str, ProbeFactory] = {
     "kong": KongProbe,
     "consul": ConsulProbe,
     "rabbitmq": RabbitmqProbe,
+    "redis": RedisProbe,
+    "postgres": PostgresProbe,
+    "grpc": GrpcProbe,
 }
 
 

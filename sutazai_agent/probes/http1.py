@@ -15,7 +15,8 @@ What it keeps of a probe's contract:
 - aiohttp's limits (status and header lines ≤ 8190 bytes, ≤ 128 header fields, body read to
   64 KiB), and every malformed answer is a ``ProbeError`` whose message is the reason
   (``http1_parser``);
-- ``https`` through the loop's TLS with a context built once per probe.
+- ``https`` through the loop's TLS with a context shared by every probe with the same TLS
+  settings (``probes.tls``).
 
 It is used for ``GET``/``HEAD`` without ``follow_redirects``; redirects stay with aiohttp.
 """
@@ -30,10 +31,12 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from sutazai_agent.probes.base import USER_AGENT, Reply, basic_auth
+from sutazai_agent.probes.connect import first_connected
 from sutazai_agent.probes.http1_parser import ResponseReader
+from sutazai_agent.probes.tls import client_context
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping
 
     from yarl import URL
 
@@ -93,6 +96,10 @@ RESOLVER = Resolver()
 """One cache for all probes; it holds only addresses, so it is safe across event loops."""
 
 
+_Attempt = tuple[ResponseReader, "asyncio.Future[Reply]"]
+"""A connected attempt: its protocol and the future of its response."""
+
+
 class Exchange:
     """One probe's request to one URL; ``fetch()`` makes a fresh connection each time."""
 
@@ -111,28 +118,39 @@ class Exchange:
         self._literal = [(self._host, self._port)] if _is_ip(self._host) else None
         self._request = build_request(url, method, headers or {}, USER_AGENT)
         self._head = method == "HEAD"
-        self._ssl = _tls_context(tls_verify) if url.scheme == "https" else None
+        self._ssl = client_context(tls_verify) if url.scheme == "https" else None
 
     async def fetch(self) -> Reply:
-        """Connect, send the request, read the response; the caller applies the timeout."""
+        """Connect, send the request, read the response; the caller applies the timeout.
+
+        A host with several addresses is tried with staggered attempts (``first_connected``),
+        so an address that drops packets costs ``ATTEMPT_DELAY_S``, not the whole timeout.
+        """
         loop = asyncio.get_running_loop()
         addresses = self._literal or await RESOLVER.resolve(self._host, self._port)
-        error: OSError | None = None
-        for host, port in addresses:
-            done: asyncio.Future[Reply] = loop.create_future()
-            protocol = ResponseReader(self._request, self._head, done)
-            try:
-                await self._connect(loop, protocol, host, port)
-            except ssl.SSLError:
-                raise  # the peer answered: another address would not help
-            except OSError as exc:
-                error = exc
-                continue
-            try:
-                return await done
-            finally:
-                protocol.abort()
-        raise error or OSError("no address to connect to")
+
+        def attempt(host: str, port: int) -> Callable[[], Awaitable[_Attempt]]:
+            async def connect() -> _Attempt:
+                done: asyncio.Future[Reply] = loop.create_future()
+                protocol = ResponseReader(self._request, self._head, done)
+                try:
+                    await self._connect(loop, protocol, host, port)
+                except BaseException:
+                    protocol.abort()
+                    raise
+                return protocol, done
+
+            return connect
+
+        protocol, done = await first_connected(
+            [attempt(host, port) for host, port in addresses],
+            lambda loser: loser[0].abort(),
+            fatal=(ssl.SSLError,),  # the peer answered: another address would not help
+        )
+        try:
+            return await done
+        finally:
+            protocol.abort()
 
     async def _connect(
         self, loop: asyncio.AbstractEventLoop, protocol: ResponseReader, host: str, port: int
@@ -143,14 +161,6 @@ class Exchange:
             await loop.create_connection(
                 lambda: protocol, host, port, ssl=self._ssl, server_hostname=self._host
             )
-
-
-def _tls_context(verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def _is_ip(host: str) -> bool:

@@ -6,11 +6,21 @@ line, header fields (only Content-Length, Transfer-Encoding, Server and Content-
 kept), then a body framed by Content-Length, chunked encoding or the end of the connection,
 kept up to ``BODY_LIMIT``. Anything that is not HTTP/1.x within the limits fails at once
 with a ``ProbeError`` whose message is the reason an operator reads.
+
+It accepts what RFC 9112 lets a recipient accept, as the aiohttp client it replaced did, so
+that a healthy target is never called down for its line endings:
+
+- a bare LF as a line terminator, anywhere CRLF is expected (§2.2);
+- obs-fold, a header line continued on the next with leading SP or HTAB: the continuation
+  is joined to the value with one SP (§5.2); whitespace lines before the first field are
+  consumed (§2.2);
+- whitespace between a field name and its colon, which a response parser removes (§5.1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Final, cast
 
 from sutazai_agent.probes.base import BODY_LIMIT, HEADER_LINE_LIMIT, ProbeError, Reply, codec
@@ -30,7 +40,9 @@ _TOKEN: Final = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
-_CRLFCRLF: Final = b"\r\n\r\n"
+_HEAD_END: Final = re.compile(rb"\n\r?\n")
+"""The empty line ending the header section, with CRLF or bare LF line endings."""
+_OWS: Final = b" \t"
 
 
 class ServerDisconnectedError(ProbeError):
@@ -116,13 +128,13 @@ class ResponseReader(asyncio.Protocol):
         buffer = self._buffer
         if len(buffer) >= 5 and not buffer.startswith(b"HTTP/"):
             raise InvalidResponseError("not an HTTP/1.x status line")
-        end = buffer.find(_CRLFCRLF, max(self._scanned - 3, 0))
-        if end < 0:
+        found = _HEAD_END.search(buffer, max(self._scanned - 3, 0))
+        if found is None:
             self._check_partial_head()
             self._scanned = len(buffer)
             return False
-        lines = bytes(buffer[:end]).split(b"\r\n")
-        del buffer[: end + 4]
+        lines = [line.removesuffix(b"\r") for line in bytes(buffer[: found.start()]).split(b"\n")]
+        del buffer[: found.end()]
         self._scanned = 0
         status = _status(lines[0])
         if len(lines) - 1 > MAX_HEADERS:
@@ -148,14 +160,7 @@ class ResponseReader(asyncio.Protocol):
         """Read the header fields a probe needs; returns (Content-Length, chunked)."""
         length: int | None = None
         chunked = False
-        for line in lines:
-            if len(line) > HEADER_LINE_LIMIT:
-                raise InvalidResponseError(f"header line of more than {HEADER_LINE_LIMIT} bytes")
-            name, colon, raw = line.partition(b":")
-            if not colon or not name or not _TOKEN.issuperset(name):
-                raise InvalidResponseError("malformed header line")
-            key = name.lower()
-            value = raw.strip(b" \t")
+        for key, value in _unfold(lines):
             if key == b"content-length":
                 length = _content_length(value, length)
             elif key == b"transfer-encoding":
@@ -175,9 +180,9 @@ class ResponseReader(asyncio.Protocol):
             raise InvalidResponseError(f"too many headers (more than {MAX_HEADERS})")
         if len(buffer) - (buffer.rfind(b"\n") + 1) > HEADER_LINE_LIMIT:
             raise InvalidResponseError(f"header line of more than {HEADER_LINE_LIMIT} bytes")
-        first = buffer.find(b"\r\n")
+        first = buffer.find(b"\n")
         if first >= 0:
-            _status(bytes(buffer[:first]))
+            _status(bytes(buffer[:first]).removesuffix(b"\r"))
 
     # --- the body -----------------------------------------------------------------------
     def _sized(self) -> bool:
@@ -196,13 +201,13 @@ class ResponseReader(asyncio.Protocol):
 
     def _chunk_size(self) -> bool:
         buffer = self._buffer
-        end = buffer.find(b"\r\n")
+        end = buffer.find(b"\n")
         if end < 0:
             if len(buffer) > HEADER_LINE_LIMIT:
                 raise InvalidResponseError("chunk size line too long")
             return False
-        digits = bytes(buffer[:end]).split(b";", 1)[0].strip(b" \t")
-        del buffer[: end + 2]
+        digits = bytes(buffer[:end]).split(b";", 1)[0].strip(b" \t\r")
+        del buffer[: end + 1]
         if not digits or len(digits) > 15 or not _HEX.issuperset(digits):
             raise InvalidResponseError(f"bad chunk size {digits[:20]!r}")
         self._remaining = int(digits, 16)
@@ -220,23 +225,28 @@ class ResponseReader(asyncio.Protocol):
         return True
 
     def _chunk_end(self) -> bool:
-        if len(self._buffer) < 2:
+        buffer = self._buffer
+        if buffer[:1] == b"\n":
+            del buffer[:1]
+        elif buffer[:2] == b"\r\n":
+            del buffer[:2]
+        elif not buffer or buffer == b"\r":
             return False
-        if self._buffer[:2] != b"\r\n":
+        else:
             raise InvalidResponseError("chunk not followed by CRLF")
-        del self._buffer[:2]
         self._step = self._chunk_size
         return True
 
     def _trailers(self) -> bool:
         buffer = self._buffer
-        end = buffer.find(b"\r\n")
+        end = buffer.find(b"\n")
         if end < 0:
             if len(buffer) > HEADER_LINE_LIMIT:
                 raise InvalidResponseError("trailer line too long")
             return False
-        del buffer[: end + 2]
-        if end == 0:
+        empty = end == 0 or (end == 1 and buffer[0] == 0x0D)
+        del buffer[: end + 1]
+        if empty:
             self._finish()
         return True
 
@@ -278,6 +288,26 @@ class ResponseReader(asyncio.Protocol):
             self._fail(InvalidResponseError("connection closed inside the header section"))
         else:
             self._fail(ServerDisconnectedError())
+
+
+def _unfold(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """(lower-case name, value) of each header field; obs-fold continuations are joined to
+    the previous value with one SP, and whitespace before the colon is removed."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in lines:
+        if len(line) > HEADER_LINE_LIMIT:
+            raise InvalidResponseError(f"header line of more than {HEADER_LINE_LIMIT} bytes")
+        if line[:1] in (b" ", b"\t"):
+            if fields:  # obs-fold; before the first field, a whitespace line is ignored
+                name, value = fields[-1]
+                fields[-1] = (name, (value + b" " + line.strip(_OWS)).strip(_OWS))
+            continue
+        name, colon, raw = line.partition(b":")
+        name = name.rstrip(_OWS)
+        if not colon or not name or not _TOKEN.issuperset(name):
+            raise InvalidResponseError("malformed header line")
+        fields.append((name.lower(), raw.strip(_OWS)))
+    return fields
 
 
 def _status(line: bytes) -> int:

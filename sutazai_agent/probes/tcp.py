@@ -1,4 +1,7 @@
-"""TCP probe: up when a connection is established within the timeout (then closed at once)."""
+"""TCP probe: up when a connection is established within the timeout (then closed at once).
+
+A host with several addresses is tried with staggered attempts (``probes.connect``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,12 @@ from typing import TYPE_CHECKING
 
 from sutazai_agent.core.model import Outcome, ProbeResult
 from sutazai_agent.probes.base import clock, elapsed_since, failure
+from sutazai_agent.probes.connect import first_connected
+from sutazai_agent.probes.http1 import RESOLVER
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import aiohttp
 
     from sutazai_agent.config import TcpService
@@ -31,10 +38,20 @@ class TcpProbe:
     async def probe(self) -> ProbeResult:
         loop = asyncio.get_running_loop()
         start = clock()
+
+        def attempt(host: str, port: int) -> Callable[[], Awaitable[asyncio.BaseTransport]]:
+            async def connect() -> asyncio.BaseTransport:
+                transport, _ = await loop.create_connection(asyncio.Protocol, host, port)
+                return transport
+
+            return connect
+
         try:
             async with asyncio.timeout(self._timeout_s):
-                transport, _ = await loop.create_connection(
-                    asyncio.Protocol, self._service.host, self._service.port
+                addresses = await RESOLVER.resolve(self._service.host, self._service.port)
+                transport = await first_connected(
+                    [attempt(host, port) for host, port in addresses],
+                    lambda loser: loser.close(),
                 )
         except Exception as exc:  # noqa: BLE001 - a probe never raises
             return failure(exc, start, self._timeout_s)

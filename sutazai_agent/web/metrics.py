@@ -340,6 +340,10 @@ class Metrics:
         self.events_dropped = Counter(
             f"{PREFIX}_events_dropped", "Events dropped because the outbox was full.", registry=r
         )
+        self.outbox_write_failures = Counter(
+            f"{PREFIX}_outbox_write_failures",
+            "Failed attempts to write transitions to the outbox (will retry).", registry=r,
+        )  # fmt: skip
         self.config_last_reload_successful = Gauge(
             f"{PREFIX}_config_last_reload_successful",
             "1 if the last configuration reload (or the start) succeeded, else 0.", registry=r,

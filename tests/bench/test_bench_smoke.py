@@ -83,10 +83,18 @@ def test_heartbeat_cost_smoke_prints_client_and_server_cost() -> None:
 
 def test_probe_cost_smoke_prints_each_variant() -> None:
     out = smoke("bench.probe_cost")
-    for variant in ("http", "http-aiohttp", "tcp"):
+    for variant in ("http", "http-aiohttp", "tcp", "redis", "postgres", "grpc"):
         (row,) = lines(out, f"{variant}: ")
         assert "CPU-ms/probe" in row
         assert row.endswith(" 0 failed"), row
+
+
+def test_tls_start_smoke_prints_start_time_and_rss() -> None:
+    out = smoke("bench.tls_start")
+    (row,) = lines(out, "tls_start ")
+    assert "serving_s=" in row
+    assert "serving_rss_mb=" in row
+    assert "up=" in row
 
 
 def test_reload_smoke_prints_rounds_and_the_summary() -> None:

@@ -29,7 +29,15 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a dev dependency
     uvloop = None
 
-BOTH_LOOPS = ("test_probe_http", "test_probe_tcp", "test_bad_peers")
+BOTH_LOOPS = (
+    "test_probe_http",
+    "test_probe_tcp",
+    "test_bad_peers",
+    "test_happy_eyeballs",
+    "test_probe_redis",
+    "test_probe_postgres",
+    "test_probe_grpc",
+)
 """Modules whose tests run on asyncio's loop and on uvloop, which the agent uses in
 production: the probes' transports and protocols behave differently on the two."""
 
@@ -171,3 +179,47 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """An environment whose HTTP proxy (port 9, "discard") would break every request."""
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
+
+
+class HangingServer:
+    """Accepts every connection and never answers; closes its side when the client does."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.accepted = 0
+        self.connected = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.connected.set()
+        self._writers.add(writer)
+        try:
+            while await reader.read(4096):
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            # Hang up on the clients still connected, so every handler ends on its own.
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+async def hanging_server() -> AsyncIterator[HangingServer]:
+    server = HangingServer()
+    await server.start()
+    yield server
+    await server.stop()

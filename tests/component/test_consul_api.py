@@ -102,6 +102,31 @@ async def test_a_token_echoed_in_an_error_body_is_scrubbed(serve: Serve) -> None
     assert caught.value.status == 400
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_an_error_and_the_token_stays_home(serve: Serve, status: int) -> None:
+    seen: list[str | None] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("X-Consul-Token"))
+        return web.json_response({})
+
+    other = await serve(app_answering(elsewhere))
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": other + request.path_qs})
+
+    url = await serve(app_answering(handler))
+    async with ConsulClient(ConsulConfig(url=url, token="s3cret-token")) as client:
+        with pytest.raises(ConsulError) as caught:
+            await client.agent_services()
+        with pytest.raises(ConsulError):
+            await client.register_service(WEB)
+    assert caught.value.status == status
+    assert f"HTTP {status}" in str(caught.value)
+    assert "redirect" in str(caught.value)
+    assert seen == []
+
+
 async def test_refused_connection_is_unavailable() -> None:
     fake = FakeConsul(ManualClock())
     await fake.start()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from sutazai_agent.core.model import KnownState, Outcome, ProbeResult, State, Transition
-from sutazai_agent.events.outbox import SqliteOutbox
+from sutazai_agent.events.outbox import SqliteOutbox, StateDirLockedError
 from sutazai_agent.web.metrics import Metrics
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -199,3 +201,59 @@ async def test_closed_outbox_refuses_work(tmp_path: Path, metrics: Metrics) -> N
         pass
     with pytest.raises(RuntimeError, match="not open"):
         await outbox.peek(1)
+
+
+async def fill_up(outbox: SqliteOutbox) -> None:
+    """Make the database full, as a full disk would (SQLite says ``database or disk is full``)."""
+
+    def limit() -> None:
+        db = outbox._conn()
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count={pages}")
+
+    await outbox._call(limit)
+
+
+async def test_a_full_disk_is_reported_as_such_and_nothing_half_written(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    async with SqliteOutbox(tmp_path, "node-1", 100, metrics) as outbox:
+        await outbox.append([change("kong", State.UNKNOWN, State.UP)])
+        await fill_up(outbox)
+        big = [change(f"s{i:03d}-{'x' * 40}", State.UNKNOWN, State.UP) for i in range(300)]
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            await outbox.append(big)
+        assert outbox.pending() == 1
+        assert list(outbox.known_states()) == ["kong"]
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            await outbox.append(big)  # and again: the connection is still usable
+
+
+async def test_every_event_names_the_epoch_of_its_database(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    async with SqliteOutbox(tmp_path / "a", "node-1", 100, metrics) as outbox:
+        await outbox.append([change("kong", State.UNKNOWN, State.UP)])
+        first_epoch = outbox.epoch
+        (row,) = await outbox.peek(10)
+    assert str(uuid.UUID(first_epoch)) == first_epoch
+    assert json.loads(row.body)["data"]["epoch"] == first_epoch
+    async with SqliteOutbox(tmp_path / "a", "node-1", 100, metrics) as outbox:
+        assert outbox.epoch == first_epoch  # stored with the database
+    shutil.rmtree(tmp_path / "a")  # a wiped state_dir: sequences restart, in a new epoch
+    async with SqliteOutbox(tmp_path / "a", "node-1", 100, metrics) as outbox:
+        await outbox.append([change("kong", State.UNKNOWN, State.UP)])
+        (row,) = await outbox.peek(10)
+        assert outbox.epoch != first_epoch
+        assert (json.loads(row.body)["data"]["sequence"], row.sequence) == (1, 1)
+        assert json.loads(row.body)["data"]["epoch"] == outbox.epoch
+
+
+async def test_a_second_outbox_on_the_same_state_dir_is_refused_naming_it(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    async with SqliteOutbox(tmp_path, "node-1", 100, metrics):
+        with pytest.raises(StateDirLockedError, match=str(tmp_path)):
+            await SqliteOutbox(tmp_path, "node-2", 100, metrics).open()
+    async with SqliteOutbox(tmp_path, "node-2", 100, metrics):  # released on close
+        pass

@@ -122,3 +122,28 @@ async def test_an_unusable_answer_backs_off_and_is_logged_once() -> None:
         await registrar.sync_once()
         assert b.fake.passing("kong") == ["kong"]
         assert len(events(capture, "consul_recovered")) == 1
+
+
+@pytest.mark.parametrize("write", ["register", "heartbeat"])
+async def test_a_rate_limited_write_backs_off_and_is_retried(write: str) -> None:
+    async with consul_backend("fake") as b, ConsulClient(b.consul_config()) as client:
+        assert b.fake is not None
+        fake = b.fake
+        logger, capture = capturing_logger()
+        svc = tcp_service("kong")
+        registrar = b.registrar(client, [svc], logger)
+        registrar.observe(svc, State.UP)
+        if write == "heartbeat":
+            await registrar.sync_once()
+            assert fake.passing("kong") == ["kong"]
+            await b.advance(b.ttl_s / 3 + 1)  # a heartbeat is due
+        fake.rate_limited_writes = 1
+        delay_s = await registrar.sync_once()
+        assert 0 < delay_s <= 31.0  # the backoff, not the next resync
+        assert events(capture, "consul_rate_limited")
+        assert not events(capture, "consul_registration_rejected")
+        await b.advance(delay_s)
+        await registrar.sync_once()
+        assert fake.passing("kong") == ["kong"]
+        assert fake.rate_limited_writes == 0
+        assert len(events(capture, "consul_recovered")) == 1

@@ -291,3 +291,20 @@ def test_the_container_probes_and_publishes_to_the_hosts_broker(
     finally:
         dockerd.docker("rm", "-f", "-v", name)
         tap.delete()
+
+
+def test_the_image_has_every_probe_kinds_extra(dockerd: Dockerd, image: BuiltImage) -> None:
+    """The image installs `[all]`: a redis, postgres and grpc service are accepted (without
+    their extras, loading the configuration would exit 2 naming the missing extra)."""
+    services = [
+        {"name": "cache", "kind": "redis", "url": "redis://cache:6379/0"},
+        {"name": "db", "kind": "postgres", "dsn": "postgresql://app@db:5432/app"},
+        {"name": "models", "kind": "grpc", "host": "models", "port": 10104},
+    ]
+    printed = dockerd.check(
+        "run", "--rm", "--network", "none",
+        "-e", f"SUTAZAI_AGENT_SERVICES={json.dumps(services)}",
+        image.tag, "config",
+    )  # fmt: skip
+    for kind in ("redis", "postgres", "grpc"):
+        assert f"kind: {kind}" in printed

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sutazai_agent import __version__, cli
+from sutazai_agent import __version__, cli, config
 from tests.deploy.support import (
     AGENT,
     AGENT_CONFIG,
@@ -114,7 +114,7 @@ def test_wheels_are_built_in_the_first_stage_and_only_installed_in_the_second() 
     build = steps(run_script(0, "wheel"))
     assert build[0] == ["python3", "-m", "venv", "/opt/build"]
     assert build[-1] == [
-        "/opt/build/bin/python", "-m", "pip", "wheel", "--wheel-dir", "/wheels", ".[speed]",
+        "/opt/build/bin/python", "-m", "pip", "wheel", "--wheel-dir", "/wheels", ".[all]",
     ]  # fmt: skip
     # A proxy's CA bundle, when the builder is given one, is a secret: never a layer.
     assert mounts(0, "wheel") == ["--mount=type=secret,id=pip-ca"]
@@ -124,7 +124,7 @@ def test_wheels_are_built_in_the_first_stage_and_only_installed_in_the_second() 
     assert install[-1][:4] == ["/opt/sutazai-agent/bin/python", "-m", "pip", "install"]
     assert "--no-index" in install[-1]
     assert install[-1][install[-1].index("--find-links") + 1] == "/wheels"
-    assert install[-1][-1] == "sutazai-agent[speed]"
+    assert install[-1][-1] == "sutazai-agent[all]"
     assert mounts(1, "install") == ["--mount=type=bind,from=build,source=/wheels,target=/wheels"]
     assert not [i for i in stage(1) if i.keyword == "COPY"], "the runtime copies nothing"
     env = " ".join(i.args for i in final_stage() if i.keyword == "ENV")
@@ -163,7 +163,7 @@ def test_state_dir_is_a_volume_everywhere_it_is_named() -> None:
 def test_exposed_port_is_the_agents_http_port_and_the_healthcheck_default() -> None:
     assert only(final_stage(), "EXPOSE").args == "10220"
     assert yaml.safe_load(AGENT_CONFIG.read_text(encoding="utf-8"))["http"]["port"] == 10220
-    default_url = cli.parser().parse_args(["healthcheck"]).url
+    default_url = cli.healthcheck_url(config.AgentConfig())
     assert default_url == "http://127.0.0.1:10220/healthz"
 
 

@@ -53,7 +53,11 @@ def test_the_alert_unit_tests_catch_a_broken_rule(promtool: str, tmp_path: Path)
     shutil.copy(ALERTS_TEST_YML, tmp_path / "alerts_test.yml")
     result = run([promtool, "test", "rules", "alerts_test.yml"], cwd=tmp_path)
     assert result.returncode != 0, describe(result)
-    for name in ("SutazaiServiceDown", "SutazaiAgentOutboxBacklogGrowing"):
+    for name in (
+        "SutazaiServiceDown",
+        "SutazaiAgentOutboxBacklogGrowing",
+        "SutazaiAgentOutboxWriteFailing",
+    ):
         assert name in result.stdout + result.stderr
 
 
@@ -63,6 +67,7 @@ def test_the_issue_alerts_exist_with_severity_and_annotations() -> None:
         "SutazaiServiceDown",  # a service down for 1m
         "SutazaiAgentDown",
         "SutazaiAgentOutboxBacklogGrowing",
+        "SutazaiAgentOutboxWriteFailing",  # a failing outbox is alertable
         "SutazaiConsulUnreachable",
         "SutazaiProbeLatencyHigh",
     }

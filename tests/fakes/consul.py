@@ -99,6 +99,8 @@ class FakeConsul:
         self.no_leader = False
         self.reap_interval_s = reap_interval_s
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.rate_limited_writes = 0
+        """The next this many PUTs are refused with Consul's 429 "rate limit exceeded"."""
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._wipe()
@@ -244,6 +246,9 @@ class FakeConsul:
             token = request.headers.get("X-Consul-Token") or request.query.get("token", "")
             if token != self.acl_token:
                 return web.Response(status=403, text="Permission denied")
+        if self.rate_limited_writes and request.method == "PUT":
+            self.rate_limited_writes -= 1
+            return web.Response(status=429, text="rate limit exceeded")
         try:
             return await handler(request)
         except BadRequestError as exc:

@@ -94,7 +94,7 @@ CONFIG_CASES: list[tuple[str, dict[str, Any] | str | None, dict[str, str], str]]
         "unknown kind",
         with_services({"name": "x", "kind": "ftp"}),
         {},
-        "services[0].kind: must be one of http, tcp, kong, consul, rabbitmq",
+        "services[0].kind: must be one of http, tcp, kong, consul, rabbitmq, redis, postgres, grpc",
     ),
     ("kind missing", with_services({"name": "x"}), {}, "services[0].kind: must be one of"),
     (
@@ -192,6 +192,100 @@ CONFIG_CASES: list[tuple[str, dict[str, Any] | str | None, dict[str, str], str]]
         "consul.url: must be a http or https URL",
     ),
     ("unknown log level", {**BASE, "log": {"level": "loud"}}, {}, "log.level: Input should be"),
+    (
+        "env list not JSON",
+        BASE,
+        {"SUTAZAI_AGENT_SERVICES": "not json"},
+        "services: SUTAZAI_AGENT_SERVICES must be a JSON list",
+    ),
+    (
+        "env object not JSON",
+        BASE,
+        {"SUTAZAI_AGENT_HTTP": "notjson"},
+        "http: SUTAZAI_AGENT_HTTP must be a JSON object",
+    ),
+    (
+        "env buckets as a comma list",
+        BASE,
+        {"SUTAZAI_AGENT_METRICS__PROBE_DURATION_BUCKETS_S": "0.1,0.5"},
+        "metrics.probe_duration_buckets_s: SUTAZAI_AGENT_METRICS__PROBE_DURATION_BUCKETS_S must",
+    ),
+    (
+        "misspelt env variable",
+        BASE,
+        {"SUTAZAI_AGENT_INTERVALL_S": "5"},
+        "SUTAZAI_AGENT_INTERVALL_S: no such setting; did you mean SUTAZAI_AGENT_INTERVAL_S?",
+    ),
+    (
+        "env variable with one underscore for nesting",
+        BASE,
+        {"SUTAZAI_AGENT_CONSUL_URL": "http://consul:8500"},
+        "SUTAZAI_AGENT_CONSUL_URL: no such setting; did you mean SUTAZAI_AGENT_CONSUL__URL?",
+    ),
+    (
+        "duplicate YAML key",
+        f"{yaml.safe_dump(BASE)}services: []\n",
+        {},
+        "duplicate key 'services' on line",
+    ),
+    (
+        "meta key with a dot",
+        with_services({**TCP, "meta": {"app.version": "1"}}),
+        {},
+        "services[0].meta: keys ['app.version'] are not Consul meta keys",
+    ),
+    (
+        "meta key with Consul's prefix",
+        with_services({**TCP, "meta": {"consul-x": "1"}}),
+        {},
+        "services[0].meta: keys ['consul-x'] use the prefix 'consul-'",
+    ),
+    (
+        "meta value over 512 characters",
+        with_services({**TCP, "meta": {"v": "x" * 513}}),
+        {},
+        "services[0].meta: values of ['v'] are longer than 512",
+    ),
+    (
+        "over 61 meta pairs",
+        with_services({**TCP, "meta": {f"k{i}": "v" for i in range(62)}}),
+        {},
+        "services[0].meta: at most 61 pairs",
+    ),
+    (
+        "HEAD with body_regex",
+        with_services(
+            {"name": "web", "kind": "http", "url": "http://h/", "method": "HEAD", "body_regex": "x"}
+        ),
+        {},
+        "services[0].body_regex: a HEAD response has no body to match",
+    ),
+    (
+        "agent_id with a newline and quotes",
+        {**BASE, "agent_id": 'node"1\nx'},
+        {},
+        "agent_id: ",
+    ),
+    ("interval_s below 0.1", {**BASE, "interval_s": 0.001}, {}, "interval_s: Input should be"),
+    (
+        "a service's interval_s below 0.1",
+        with_services({**TCP, "interval_s": 0.001, "timeout_s": 0.0005}),
+        {},
+        "services[0].interval_s: Input should be greater than or equal to 0.1",
+    ),
+    (
+        "consul.ttl_s below 1",
+        {**BASE, "consul": {"ttl_s": 0.001}},
+        {},
+        "consul.ttl_s: Input should be greater than or equal to 1",
+    ),
+    ("empty state_dir", {**BASE, "state_dir": ""}, {}, "state_dir: must not be empty"),
+    (
+        "no services",
+        {**BASE, "services": []},
+        {},
+        "services: must list at least one service",
+    ),
 ]
 
 
@@ -212,6 +306,23 @@ def test_bad_configuration_is_one_clear_message_and_exit_2(
     assert "s3cr3t-pw" not in done.stderr + done.stdout
     assert done.stdout == ""
     assert not (tmp_path / "state").exists()  # nothing started
+
+
+@pytest.mark.e2e
+def test_config_after_the_command_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "interval_s": "ten"}))
+    done = subprocess.run(
+        [sys.executable, "-m", "sutazai_agent", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "interval_s: Input should be" in done.stderr
+    assert "unrecognized arguments" not in done.stderr
 
 
 @pytest.mark.e2e

@@ -87,9 +87,15 @@ async def test_transitions_during_an_outage_and_a_crash_all_arrive_in_order(
         try:
             await restarted.wait_ready()
             await eventually(lambda: _count(tap, 6), 30, restarted.log_tail())
+
+            # The replayed events leave the outbox once their confirms are processed (which
+            # may come after the consumer has them): wait for that, not for a moment.
+            async def drained() -> bool:
+                return bool((await restarted.status())["outbox"]["pending"] == 0)
+
+            await eventually(drained, 30, restarted.log_tail())
             # The service is still down, as before the crash: no new announcement.
-            status = await restarted.status()
-            assert status["outbox"]["pending"] == 0
+            assert len({e["id"] for _, e in tap.received}) == 6
         finally:
             assert restarted.stop() == 0, restarted.log_tail()
     check_delivered(

@@ -10,8 +10,10 @@ import asyncio
 import io
 import json
 import logging
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -456,9 +458,9 @@ class RecordingSource:
     def pending(self) -> int:
         return self.outbox.pending()
 
-    async def peek(self, limit: int) -> list[StoredEvent]:
+    async def peek(self, limit: int, exclude: Collection[str] = ()) -> list[StoredEvent]:
         self.limits.append(limit)
-        return await self.outbox.peek(limit)
+        return await self.outbox.peek(limit, exclude)
 
     async def ack(self, ids: Iterable[str]) -> int:
         return await self.outbox.ack(ids)
@@ -725,3 +727,114 @@ async def test_flush_is_bounded_and_leaves_nothing_running_when_the_broker_hangs
         for writer in held:
             writer.close()
         await server.wait_closed()
+
+
+# --- rejections and failing deletes ---------------------------------------------------------
+async def test_a_rejecting_queue_holds_back_only_its_service_and_nothing_is_sent_twice(
+    bind: Callable[..., Any],
+    channel: AbstractChannel,
+    exchange: str,
+    outbox: SqliteOutbox,
+    metrics: Metrics,
+) -> None:
+    healthy = await bind("health.#")
+    target = await channel.declare_exchange(exchange, ExchangeType.TOPIC, durable=True)
+    full = await channel.declare_queue(
+        f"{exchange}.full",
+        auto_delete=False,
+        arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
+    )
+    await channel.default_exchange.publish(aio_pika.Message(b"filler"), routing_key=full.name)
+    await full.bind(target, routing_key="health.kong.*")
+    kong = flips("kong", 2)
+    others = flips("backend", 3) + flips("db", 2)
+    await outbox.append([kong[0], *others[:3], kong[1], *others[3:]])
+    with capture_logs() as logs:
+        async with running(publisher_for(AMQP_URL, exchange, outbox, metrics)) as publisher:
+            publisher.wake()
+            # Every other service's events arrive (once each) while kong's are rejected.
+            await until(lambda: outbox.pending() == 2, "all but kong's events confirmed")
+            await until(
+                lambda: metric(metrics, "events_publish_failures_total") >= 2,
+                "kong's first event retried",
+            )
+            assert publisher.status()["held_services"].get("kong", 0) >= 2
+            await full.delete(if_unused=False, if_empty=False)  # room again: kong goes on
+            await until(lambda: outbox.pending() == 0, "kong's events confirmed")
+            assert publisher.status()["held_services"] == {}
+        await asyncio.sleep(0)
+        got = []
+        while (message := await healthy.get(no_ack=True, fail=False)) is not None:
+            got.append(message)
+    events = bodies(got)
+    ids = Counter(e["id"] for e in events)
+    others_got = [(e["subject"], e["data"]["sequence"]) for e in events if e["subject"] != "kong"]
+    assert others_got == [("backend", 1), ("backend", 2), ("backend", 3), ("db", 1), ("db", 2)]
+    kong_ids = {e["id"] for e in events if e["subject"] == "kong"}
+    assert len(kong_ids) == 2
+    # Only the rejected event may reach the healthy queue again (each retry routes a copy).
+    assert all(n == 1 for i, n in ids.items() if i not in kong_ids)
+    assert [e["data"]["sequence"] for e in events if e["subject"] == "kong"][-1] == 2
+    assert metric(metrics, "events_published_total") == 7
+    rejected = [e for e in logs if e["event"] == "event_rejected"]
+    assert len(rejected) == 1
+    assert rejected[0]["service"] == "kong"
+    assert [e["event"] for e in logs].count("event_rejection_cleared") == 1
+    assert not [e for e in logs if e["event"] == "event_publish_failed"]
+
+
+class FailingAcks:
+    """The outbox, but deleting confirmed events fails while ``failing`` (a full disk)."""
+
+    def __init__(self, outbox: SqliteOutbox) -> None:
+        self.outbox = outbox
+        self.failing = True
+        self.attempts = 0
+
+    def pending(self) -> int:
+        return self.outbox.pending()
+
+    async def peek(self, limit: int, exclude: Collection[str] = ()) -> list[StoredEvent]:
+        return await self.outbox.peek(limit, exclude)
+
+    async def ack(self, ids: Iterable[str]) -> int:
+        self.attempts += 1
+        if self.failing:
+            raise sqlite3.OperationalError("database or disk is full")
+        return await self.outbox.ack(ids)
+
+
+async def test_a_failing_delete_is_retried_without_publishing_again(
+    bind: Callable[..., Any], exchange: str, outbox: SqliteOutbox, metrics: Metrics
+) -> None:
+    queue = await bind("health.#")
+    await outbox.append(flips("kong", 3))
+    source = FailingAcks(outbox)
+    publisher = RabbitPublisher(
+        RabbitmqConfig(url=AMQP_URL, exchange=exchange),
+        "it",
+        source,
+        metrics,
+        min_backoff_s=0.05,
+        max_backoff_s=0.2,
+        idle_poll_s=0.5,
+    )
+    with capture_logs() as logs:
+        async with running(publisher):
+            publisher.wake()
+            await until(lambda: source.attempts >= 4, "the delete retried")
+            assert publisher.status()["confirmed_not_deleted"] == 3
+            assert outbox.pending() == 3
+            source.failing = False
+            await until(lambda: outbox.pending() == 0, "the confirmed events deleted")
+    got = await receive(queue, 3)
+    await assert_queue_empty(queue)
+    assert len({m.message_id for m in got}) == 3
+    assert metric(metrics, "events_published_total") == 3
+    assert metric(metrics, "events_publish_failures_total") == 0
+    assert metric(metrics, "outbox_write_failures_total") >= 3
+    failed = [e for e in logs if e["event"] == "outbox_ack_failed"]
+    assert len(failed) == 1
+    assert failed[0]["error"] == "OperationalError: database or disk is full"
+    assert [e["event"] for e in logs].count("outbox_ack_recovered") == 1
+    assert not [e for e in logs if e["event"] == "event_publish_failed"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
+
 import pytest
 
-from sutazai_agent.events.confirms import next_batch_size
+from sutazai_agent.events.confirms import Holds, next_batch_size
 
 
 @pytest.mark.parametrize(
@@ -53,3 +56,42 @@ def test_timeouts_then_successes_converge_back_to_the_ceiling() -> None:
         )
         sizes.append(size)
     assert sizes == [44, 30, 60, 120, 240, 256]
+
+
+class NoJitter(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_a_rejected_service_is_held_with_growing_backoff_and_released_on_a_confirm() -> None:
+    holds = Holds(min_backoff_s=0.5, max_backoff_s=4.0, rng=NoJitter())
+    assert holds.waiting(0.0) == []
+    assert holds.next_until(0.0) is None
+    delays = [holds.hold("kong", 0.0).until for _ in range(6)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    holds.hold("db", 0.0)
+    assert holds.waiting(0.1) == ["kong", "db"]
+    assert holds.waiting(3.0) == ["kong"]  # db's hold ended: its events go again
+    assert holds.next_until(3.0) == 1.0
+    assert holds.attempts() == {"kong": 6, "db": 1}
+    released = holds.release("kong")
+    assert released is not None
+    assert released.attempts == 6
+    assert holds.release("kong") is None
+    assert holds.hold("kong", 10.0).until == 10.5  # a new rejection starts over
+
+
+@dataclass(frozen=True)
+class Row:
+    service: str
+    sequence: int
+
+
+def test_a_held_service_retries_with_its_oldest_event_alone() -> None:
+    holds = Holds(min_backoff_s=0.5, max_backoff_s=4.0, rng=NoJitter())
+    rows = [Row("kong", 1), Row("db", 1), Row("kong", 2), Row("db", 2), Row("kong", 3)]
+    assert holds.probe_only(rows) == rows
+    holds.hold("kong", 0.0)
+    assert holds.probe_only(rows) == [Row("kong", 1), Row("db", 1), Row("db", 2)]
+    holds.release("kong")
+    assert holds.probe_only(rows) == rows

@@ -32,7 +32,8 @@ DATA_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "required": [
-        "service", "kind", "previous", "current", "reason", "sequence", "agent_id", "probe",
+        "service", "kind", "previous", "current", "reason", "sequence", "epoch", "agent_id",
+        "probe",
     ],
     "properties": {
         "service": {"type": "string"},
@@ -41,6 +42,7 @@ DATA_SCHEMA = {
         "current": {"enum": ["up", "degraded", "down"]},
         "reason": {"type": "string"},
         "sequence": {"type": "integer", "minimum": 1},
+        "epoch": {"type": "string", "format": "uuid"},
         "agent_id": {"type": "string"},
         "probe": {
             "type": "object",
@@ -50,6 +52,7 @@ DATA_SCHEMA = {
         },
     },
 }  # fmt: skip
+EPOCH = "0b4c8f4e-2a55-4d8e-9f4c-2f5d3c1e7a10"
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 
@@ -63,7 +66,7 @@ def transition(
 
 
 def test_event_carries_every_field_of_the_contract() -> None:
-    event = events.build_event(transition(), agent_id="node-1", sequence=7)
+    event = events.build_event(transition(), agent_id="node-1", sequence=7, epoch=EPOCH)
 
     assert list(event) == [
         "specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data",
@@ -83,6 +86,7 @@ def test_event_carries_every_field_of_the_contract() -> None:
         "current": "down",
         "reason": "proxy: connection refused",
         "sequence": 7,
+        "epoch": EPOCH,
         "agent_id": "node-1",
         "probe": {"latency_ms": 3.1, "detail": "GET /: refused"},
     }
@@ -90,18 +94,21 @@ def test_event_carries_every_field_of_the_contract() -> None:
 
 def test_event_validates_against_cloudevents_and_data_schemas() -> None:
     event = events.build_event(
-        transition(previous=State.UNKNOWN, current=State.UP), agent_id="n", sequence=1
+        transition(previous=State.UNKNOWN, current=State.UP),
+        agent_id="n",
+        sequence=1,
+        epoch=EPOCH,
     )
     checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
     jsonschema.validate(event, CLOUDEVENT_SCHEMA, format_checker=checker)
-    jsonschema.validate(event["data"], DATA_SCHEMA)
+    jsonschema.validate(event["data"], DATA_SCHEMA, format_checker=checker)
 
 
 def test_every_event_has_a_new_id_unless_one_is_given() -> None:
-    first = events.build_event(transition(), agent_id="n", sequence=1)
-    second = events.build_event(transition(), agent_id="n", sequence=1)
+    first = events.build_event(transition(), agent_id="n", sequence=1, epoch=EPOCH)
+    second = events.build_event(transition(), agent_id="n", sequence=1, epoch=EPOCH)
     assert first["id"] != second["id"]
-    given = events.build_event(transition(), agent_id="n", sequence=1, event_id="abc")
+    given = events.build_event(transition(), agent_id="n", sequence=1, epoch=EPOCH, event_id="abc")
     assert given["id"] == "abc"
 
 
@@ -123,7 +130,7 @@ def test_time_is_rfc3339_utc_with_milliseconds(at: datetime, expected: str) -> N
     formatted = format_time(at)
     assert formatted == expected
     assert TIME_RE.match(formatted)
-    event = events.build_event(transition(at=at), agent_id="n", sequence=1)
+    event = events.build_event(transition(at=at), agent_id="n", sequence=1, epoch=EPOCH)
     assert event["time"] == expected
 
 
@@ -133,7 +140,7 @@ def test_routing_key_is_health_service_state(state: State) -> None:
 
 
 def test_encoded_body_is_compact_json_that_decodes_to_the_same_event() -> None:
-    event = events.build_event(transition(), agent_id="node-1", sequence=3)
+    event = events.build_event(transition(), agent_id="node-1", sequence=3, epoch=EPOCH)
     text = events.encode(event)
     assert "\n" not in text
     assert json.loads(text) == event

@@ -89,3 +89,51 @@ def test_transition_carries_reason_time_and_result() -> None:
     assert t.at == at
     assert t.result is failing
     assert machine.since == at
+
+
+@pytest.mark.parametrize(
+    ("results", "current", "reason"),
+    [
+        # up → [degraded, fail] moves only to degraded: the degraded probe's reason, not the fail's.
+        ("gd", State.DEGRADED, "r0"),
+        ("dg", State.DEGRADED, "r1"),
+        ("gdg", State.DEGRADED, "r2"),
+        ("dd", State.DOWN, "r1"),
+    ],
+)
+def test_a_partial_move_reports_the_reason_of_the_state_it_moves_to(
+    results: str, current: State, reason: str
+) -> None:
+    machine = HealthMachine("svc", "http", rise=3, fall=len(results), state=State.UP)
+    moves = [
+        machine.observe(ProbeResult(CODE[code], 0.01, f"r{i}"), T0 + timedelta(seconds=i))
+        for i, code in enumerate(results)
+    ]
+    last = moves[-1]
+    assert last is not None
+    assert (last.current, last.reason, last.result.reason) == (current, reason, reason)
+
+
+@pytest.mark.parametrize(
+    ("stored", "first", "transition"),
+    [
+        (State.UP, Outcome.OK, None),
+        (State.UP, Outcome.FAIL, (State.UP, State.DOWN)),
+        (State.DOWN, Outcome.OK, (State.DOWN, State.UP)),
+        (State.DEGRADED, Outcome.TIMEOUT, (State.DEGRADED, State.DOWN)),
+    ],
+)
+def test_a_restored_state_is_provisional_until_the_first_result_of_this_run(
+    stored: State, first: Outcome, transition: tuple[State, State] | None
+) -> None:
+    machine = HealthMachine("svc", "http", rise=3, fall=3)
+    machine.restore(stored, T0)
+    assert machine.state is stored
+    assert not machine.confirmed
+    moved = machine.observe(ProbeResult(first, 0.01, "now"), T0 + timedelta(days=7))
+    assert machine.confirmed
+    assert machine.state is first.state
+    assert (None if moved is None else (moved.previous, moved.current)) == transition
+    # After that, rise/fall apply again.
+    again = machine.observe(ProbeResult(Outcome.FAIL, 0.01), T0 + timedelta(days=7, seconds=1))
+    assert again is None

@@ -77,6 +77,45 @@ WELL_FORMED = [
     (b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", (200, b"", "", "utf-8")),
 ]
 
+LENIENT = [
+    # RFC 9112 §2.2: a bare LF may end any line, the header section included.
+    (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", (200, b"ok", "", "utf-8")),
+    (b"HTTP/1.1 200 OK\r\nServer: s\nContent-Length: 2\r\n\nok", (200, b"ok", "s", "utf-8")),
+    (b"HTTP/1.1 200 OK\nContent-Length: 2\n\r\nok", (200, b"ok", "", "utf-8")),
+    (b"HTTP/1.0 200 OK\n\nuntil close", (200, b"until close", "", "utf-8")),
+    (
+        b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n5\nhello\n1\r\n \n0\nT: t\n\n",
+        (200, b"hello ", "", "utf-8"),
+    ),
+    # §5.2: obs-fold continues a field value; it is joined with one SP.
+    (
+        b"HTTP/1.1 200 OK\r\nServer: demo\r\n  folded\r\n\tmore\r\nContent-Length: 2\r\n\r\nok",
+        (200, b"ok", "demo folded more", "utf-8"),
+    ),
+    (
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain;\r\n charset=ISO-8859-1\r\n"
+            b"Content-Length: 1\r\n\r\n!"
+        ),
+        (200, b"!", "", "iso8859-1"),
+    ),
+    # §2.2: whitespace lines between the status line and the first field are consumed.
+    (b"HTTP/1.1 200 OK\r\n  junk\r\nContent-Length: 2\r\n\r\nok", (200, b"ok", "", "utf-8")),
+    # §5.1: whitespace between a field name and its colon is removed.
+    (b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok", (200, b"ok", "", "utf-8")),
+    (b"HTTP/1.1 200 OK\r\nServer\t: s\r\nContent-Length: 0\r\n\r\n", (200, b"", "s", "utf-8")),
+]
+
+
+@pytest.mark.parametrize(("response", "expected"), LENIENT)
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3, 7])
+async def test_what_rfc_9112_lets_a_recipient_accept_is_accepted(
+    response: bytes, expected: tuple[Any, ...], chunk: int | None
+) -> None:
+    done, _, _ = feed(response, chunk=chunk)
+
+    assert outcome(done) == expected
+
 
 @pytest.mark.parametrize(("response", "expected"), WELL_FORMED)
 @pytest.mark.parametrize("chunk", [None, 1, 2, 3, 7])
@@ -125,7 +164,14 @@ async def test_a_huge_body_stops_at_the_limit_and_the_connection_is_aborted(
 
 BROKEN = [
     (b"", "server closed the connection without a response"),
-    (b"ok\n", "invalid HTTP response: connection closed inside the header section"),
+    (b"ok", "invalid HTTP response: connection closed inside the header section"),
+    (
+        b"HTTP/1.1 200 OK\r\nX: y",
+        "invalid HTTP response: connection closed inside the header section",
+    ),
+    (b"ok\n", "invalid HTTP response: not an HTTP/1.x status line"),
+    (b"HTTP/1.1 200 OK\nBad Name : v\n\n", "invalid HTTP response: malformed header line"),
+    (b"HTTP/1.1 200 OK\nX: 1\n: v\n\n", "invalid HTTP response: malformed header line"),
     (b"SSH-2.0-OpenSSH_9.6\r\n", "invalid HTTP response: not an HTTP/1.x status line"),
     (b"HTTP/2 200\r\n\r\n", "invalid HTTP response: not an HTTP/1.x status line"),
     (b"HTTP/1.1 20 OK\r\n\r\n", "invalid HTTP response: not an HTTP/1.x status line"),

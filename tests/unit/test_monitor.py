@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,6 +75,14 @@ class FakePublisher:
         return {}
 
 
+async def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 def make(
     known: Mapping[str, KnownState] | None = None,
 ) -> tuple[Monitor, FakeSink, Journal, Metrics]:
@@ -95,48 +103,78 @@ def make(
     return monitor, sink, journal, metrics
 
 
-async def test_outbox_first_then_registrar_then_publisher() -> None:
+async def test_registrar_and_metrics_follow_at_once_the_publisher_after_the_write() -> None:
     monitor, _, journal, _ = make()
     task = asyncio.create_task(monitor.run())
     monitor.record("db", OK)
     monitor.record("mq", FAIL)
+    assert journal.lines == ["registrar db up", "registrar mq down"]
     assert await monitor.flush(1.0)
     task.cancel()
     assert journal.lines == [
-        "outbox db up",
-        "outbox mq down",
         "registrar db up",
         "registrar mq down",
+        "outbox db up",
+        "outbox mq down",
         "publisher wake",
     ]
 
 
-async def test_nothing_reacts_until_the_outbox_write_succeeds() -> None:
+async def test_a_failing_outbox_freezes_neither_consul_nor_metrics_and_is_visible() -> None:
     monitor, sink, journal, metrics = make()
-    sink.failures = 1
-    task = asyncio.create_task(monitor.run())
-    monitor.record("db", FAIL)
-    await asyncio.sleep(0.05)
-    assert journal.lines == []  # the write failed: no reaction yet
-    assert await monitor.flush(5.0)
-    task.cancel()
-    assert journal.lines == ["outbox db down", "registrar db down", "publisher wake"]
-    text = generate_latest(metrics.registry).decode()
-    assert 'sutazai_agent_service_state{service="db",state="down"} 1.0' in text
+    sink.failures = 10**6
+    with capture_logs() as logs:
+        task = asyncio.create_task(monitor.run())
+        monitor.record("db", OK)
+        monitor.record("db", FAIL)
+        # The registrar and the metrics know at once, whatever the disk does.
+        assert journal.lines == ["registrar db up", "registrar db down"]
+        text = generate_latest(metrics.registry).decode()
+        assert 'sutazai_agent_service_up{service="db"} 0.0' in text
+        assert 'sutazai_agent_service_state{service="db",state="down"} 1.0' in text
+        failures = "sutazai_agent_outbox_write_failures_total"
+        await wait_for(lambda: (metrics.registry.get_sample_value(failures) or 0) >= 2)
+        status = monitor.outbox_status()
+        assert status["writable"] is False
+        assert status["unwritten"] == 2
+        assert status["last_error"] == "OSError: disk full"
+        assert status["failing_since"] == "2026-11-26T00:00:00.000Z"
+        sink.failures = 0  # the disk is freed: it recovers by itself
+        assert await monitor.flush(5.0)
+        task.cancel()
+    assert journal.lines[2:] == ["outbox db up", "outbox db down", "publisher wake"]
+    assert monitor.outbox_status()["writable"] is True
+    failed = [entry for entry in logs if entry["event"] == "outbox_write_failed"]
+    assert len(failed) == 1
+    assert failed[0]["error"] == "OSError: disk full"
+    assert [e["event"] for e in logs].count("outbox_write_recovered") == 1
 
 
-async def test_restored_states_are_not_reannounced_and_reach_the_registrar() -> None:
+async def test_a_stored_state_reaches_neither_registrar_nor_metrics_before_a_probe() -> None:
     known = {"db": KnownState(State.UP, T0, sequence=4)}
     monitor, _, journal, metrics = make(known)
-    assert journal.lines == ["registrar db up"]  # desired registration restored at start
+    assert journal.lines == []  # nothing registered from stored state
+    text = generate_latest(metrics.registry).decode()
+    assert 'sutazai_agent_service_up{service="db"} 0.0' in text
+    assert 'sutazai_agent_service_state{service="db",state="unknown"} 1.0' in text
     task = asyncio.create_task(monitor.run())
-    monitor.record("db", OK)
-    await asyncio.sleep(0.01)
+    monitor.record("db", OK)  # the first probe of this run decides; unchanged: no event
     assert await monitor.flush(1.0)
     task.cancel()
     assert journal.lines == ["registrar db up"]
     text = generate_latest(metrics.registry).decode()
     assert 'sutazai_agent_service_up{service="db"} 1.0' in text
+
+
+async def test_a_stored_up_state_is_overruled_by_the_first_failing_probe() -> None:
+    known = {"db": KnownState(State.UP, T0, sequence=4)}
+    monitor, _, journal, _ = make(known)
+    monitor.views["db"].machine.fall = 3
+    task = asyncio.create_task(monitor.run())
+    monitor.record("db", FAIL)
+    assert await monitor.flush(1.0)
+    task.cancel()
+    assert journal.lines == ["registrar db down", "outbox db down", "publisher wake"]
 
 
 async def test_ready_after_every_service_has_a_result_and_snapshot() -> None:

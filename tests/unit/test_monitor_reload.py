@@ -43,15 +43,19 @@ async def test_a_removed_service_is_forgotten_everywhere() -> None:
     assert series(metrics) == {"mq"}
 
 
-async def test_a_transition_pending_for_a_removed_service_is_written_but_nothing_reacts() -> None:
+async def test_a_transition_pending_for_a_removed_service_is_written_and_nothing_else() -> None:
     monitor, _, journal, metrics = make()
-    monitor.record("db", OK)  # a transition waiting for the outbox writer
+    monitor.record("db", OK)  # the registrar follows at once; the event waits for the writer
     monitor.remove(["db"])
     task = asyncio.create_task(monitor.run())
     assert await monitor.flush(1.0)
     task.cancel()
-    assert "outbox db up" in journal.lines
-    assert "registrar db up" not in journal.lines
+    assert journal.lines == [
+        "registrar db up",
+        "registrar forget db",
+        "outbox db up",
+        "publisher wake",
+    ]
     assert series(metrics) == {"mq"}
 
 
@@ -66,7 +70,9 @@ async def test_an_added_service_starts_unknown_or_from_its_stored_state() -> Non
     monitor.add(specs(web, new))
     assert monitor.views["web"].machine.state is State.UP  # as after a restart
     assert monitor.views["new"].machine.state is State.UNKNOWN
-    assert "registrar web up" in journal.lines
+    # As after a restart: nothing registered or reported from the stored state.
+    assert "registrar web up" not in journal.lines
+    assert metrics.services.series["web"].state is State.UNKNOWN
     assert metrics.services.series["new"].state is State.UNKNOWN
     assert monitor.ready()  # a running agent does not turn unready on a reload
 
@@ -132,3 +138,12 @@ def test_monitor_follows_only_the_services_it_is_given() -> None:
         services=config.services[1:],
     )
     assert list(monitor.views) == ["mq"]
+
+
+async def test_changed_settings_of_an_unprobed_stored_service_register_nothing() -> None:
+    stored = {"db": KnownState(State.UP, T0 - timedelta(days=7), 3)}
+    monitor, _, journal, _ = make(stored)
+    monitor.update(specs(TcpService(name="db", kind="tcp", host="h2", port=1)))
+    assert not [line for line in journal.lines if line.startswith("registrar db")]
+    monitor.record("db", FAIL, monitor.views["db"].config)  # the first probe decides
+    assert journal.lines[-1] == "registrar db down"
