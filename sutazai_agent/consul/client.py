@@ -302,6 +302,9 @@ class ConsulClient:
             raise ConsulError(operation, str(exc), exc.status) from None
         except (OSError, HttpError) as exc:  # refused, reset, TLS, an answer that is not HTTP
             raise ConsulUnavailableError(operation, self._scrubber.error(exc)) from None
+        if 300 <= status < 400:  # never followed: the token stays with the configured agent
+            message = f"redirect refused (Consul's API does not redirect): HTTP {status}"
+            raise ConsulError(operation, message, status)
         if status >= 400:
             text = self._scrubber.text(raw.decode("utf-8", "replace"))
             raise _http_error(operation, status, text)
