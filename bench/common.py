@@ -75,6 +75,8 @@ class Scrape:
     probes_by_result: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     lag: dict[float, float] = field(default_factory=lambda: defaultdict(float))
     duration: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    kind_duration: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    beat_lag: dict[float, float] = field(default_factory=lambda: defaultdict(float))
     consul_ops: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     gauges: dict[str, float] = field(default_factory=dict)
     up: dict[str, float] = field(default_factory=dict)
@@ -111,6 +113,10 @@ def parse_metrics(body: str, count_service: str | None = None) -> Scrape:
             s.lag[float(_labels(labels.rstrip("}"))["le"])] += value
         elif short == "probe_duration_seconds_bucket":
             s.duration[float(_labels(labels.rstrip("}"))["le"])] += value
+        elif short == "probe_kind_duration_seconds_bucket":
+            s.kind_duration[float(_labels(labels.rstrip("}"))["le"])] += value
+        elif short == "consul_heartbeat_lag_seconds_bucket":
+            s.beat_lag[float(_labels(labels.rstrip("}"))["le"])] += value
         elif short == "consul_operations_total":
             lab = _labels(labels.rstrip("}"))
             s.consul_ops[f"{lab.get('operation')}:{lab.get('outcome')}"] += value
@@ -197,6 +203,31 @@ class ConsulServer:
 
     def close(self) -> None:
         stop_process(self.proc)
+
+
+class RealConsul:
+    """A Consul agent the caller started (``--consul-url``, ``--consul-pid``): nothing to
+    start or stop; its CPU is read from /proc when its pid is known. It has no request
+    counters: the writes come from the agent's own ``consul_operations_total``."""
+
+    def __init__(self, url: str, pid: int | None) -> None:
+        self.url = url.rstrip("/")
+        self.pid = pid
+
+    def start(self) -> None:
+        pass
+
+    async def stats(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        return {"requests": {}}
+
+    async def critical_checks(self, session: aiohttp.ClientSession) -> int:
+        """Checks of the bench's services that Consul holds critical right now."""
+        url = f"{self.url}/v1/health/state/critical"
+        _, body, _ = await get(session, url, 60)
+        return sum(1 for check in json.loads(body) if check["CheckID"].startswith("sutazai:"))
+
+    def close(self) -> None:
+        pass
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, timeout_s: float = 15.0) -> None:

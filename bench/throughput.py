@@ -42,6 +42,7 @@ from bench.blackbox import Driver, Exporter, exporter_path
 from bench.common import (
     RABBITMQ_URL,
     ConsulServer,
+    RealConsul,
     Scrape,
     cpu_s,
     delta,
@@ -71,19 +72,27 @@ def agent_config(
         "log": {"level": "info", "format": "json"},
         **json.loads(args.agent_extra),
     }
-    extra = {} if args.register else {"register": False}
     if farm is not None:
-        if args.kind == "http":
-            config["services"] = [
-                {"name": f"t-{port}", "kind": "http", "url": farm.url(port), **extra}
-                for port in farm.ports
-            ]
-        else:
-            config["services"] = [
-                {"name": f"t-{port}", "kind": "tcp", "host": "127.0.0.1", "port": port, **extra}
-                for port in farm.ports
-            ]
+        services: list[dict[str, Any]] = []
+        for i, port in enumerate(farm.ports):
+            register = args.register and (args.register_max is None or i < args.register_max)
+            extra = {} if register else {"register": False}
+            if args.kind == "http":
+                services.append({"name": f"t-{port}", "kind": "http", "url": farm.url(port)})
+            else:
+                services.append(
+                    {"name": f"t-{port}", "kind": "tcp", "host": "127.0.0.1", "port": port}
+                )
+            services[-1].update(extra)
+        config["services"] = services
     return config
+
+
+def registering(args: argparse.Namespace, n: int) -> int:
+    """How many of the ``n`` services register in Consul."""
+    if not args.register:
+        return 0
+    return n if args.register_max is None else min(n, args.register_max)
 
 
 async def scrape(session: aiohttp.ClientSession, agent: AgentProcess, one: str = "") -> Scrape:
@@ -115,7 +124,7 @@ async def wait_steady(
         s = await scrape(session, agent)
         registered = s.gauges.get("consul_registered_services", 0)
         pending = s.gauges.get("events_pending", 0)
-        if (registered >= n or not args.register) and pending == 0:
+        if registered >= registering(args, n) and pending == 0:
             return "steady"
         if time.monotonic() > deadline:
             return f"NOT steady after {timeout_s:.0f}s: registered={registered} pending={pending}"
@@ -154,7 +163,9 @@ async def measure_agent(
     args: argparse.Namespace, farm: TargetFarm, workdir: Path
 ) -> dict[str, Any]:
     events = await sink(args.exchange)
-    consul = ConsulServer()
+    consul: ConsulServer | RealConsul = (
+        RealConsul(args.consul_url, args.consul_pid) if args.consul_url else ConsulServer()
+    )
     consul.start()
     n = len(farm.ports)
     one = f"t-{farm.ports[0]}"
@@ -168,23 +179,31 @@ async def measure_agent(
         async with aiohttp.ClientSession() as session:
             await agent.wait_ready(60 + args.interval + n / 100)
             ready_s = time.monotonic() - started
-            steady = await wait_steady(session, agent, n, 60 + n / 100, args)
+            steady_timeout = args.steady_timeout or 60 + n / 100
+            steady = await wait_steady(session, agent, n, steady_timeout, args)
+            steady_s = time.monotonic() - started
             await asyncio.sleep(args.settle)
             status0 = await status(session, agent)
             c0 = await consul.stats(session)
             scrapes = [await scrape(session, agent)]
+            consul_pid = getattr(consul, "pid", None)
             t0, cpu0 = time.monotonic(), cpu_s(pid)
+            consul_cpu0 = cpu_s(consul_pid) if consul_pid else 0.0
             profiler = profile(args, pid)
             while time.monotonic() - t0 < args.window - 1e-3:
                 await asyncio.sleep(min(args.scrape_every, args.window - (time.monotonic() - t0)))
                 if time.monotonic() - t0 < args.window - 1e-3:
                     scrapes.append(await scrape(session, agent))
             t1, cpu1 = time.monotonic(), cpu_s(pid)
+            consul_cpu1 = cpu_s(consul_pid) if consul_pid else 0.0
             if profiler is not None:
                 profiler.wait()
             rss, hwm = rss_mb(pid)
             scrapes.append(await scrape(session, agent, one))
             c1 = await consul.stats(session)
+            critical = (
+                await consul.critical_checks(session) if isinstance(consul, RealConsul) else None
+            )
             status1 = await status(session, agent)
             timing = [scrapes[-1].seconds]
             timing += [(await scrape(session, agent)).seconds for _ in range(2)]
@@ -192,17 +211,37 @@ async def measure_agent(
         seconds = t1 - t0
         probes = last.probes - first.probes
         lag = delta(last.lag, first.lag)
-        duration = delta(last.duration, first.duration)
-        w0, w1 = writes(c0["requests"]), writes(c1["requests"])
-        consul_writes = {
-            k: w1.get(k, 0) - w0.get(k, 0)
-            for k in ("register", "deregister", "check_update", "other")
-        }
+        duration = delta(last.duration, first.duration) or delta(
+            last.kind_duration, first.kind_duration
+        )
+        beat_lag = delta(last.beat_lag, first.beat_lag)
+        if isinstance(consul, RealConsul):  # no counters there: the agent's own, successes
+            ops = delta(last.consul_ops, first.consul_ops)
+            consul_writes = {
+                "register": ops.get("register:ok", 0),
+                "deregister": ops.get("deregister:ok", 0),
+                "check_update": ops.get("check_update:ok", 0) + ops.get("heartbeat:ok", 0),
+                "other": 0,
+            }
+        else:
+            w0, w1 = writes(c0["requests"]), writes(c1["requests"])
+            consul_writes = {
+                k: w1.get(k, 0) - w0.get(k, 0)
+                for k in ("register", "deregister", "check_update", "other")
+            }
         registered = last.gauges.get("consul_registered_services", 0)
+        consul_cpu_s = consul_cpu1 - consul_cpu0
         return {
             "services": n,
             "ready_s": ready_s,
             "steady": steady,
+            "steady_s": steady_s,
+            "registered": registered,
+            "backlog": last.gauges.get("consul_registration_backlog", 0),
+            "beat_lag_p99_s": quantile(0.99, beat_lag),
+            "beat_lag_max_bucket_s": _top_bucket(beat_lag),
+            "consul_cpu_pct": consul_cpu_s / seconds * 100 if consul_pid else None,
+            "consul_critical": critical,
             "seconds": seconds,
             "probes": probes,
             "rate": probes / seconds,
@@ -309,6 +348,15 @@ async def measure_idle(args: argparse.Namespace, workdir: Path) -> dict[str, Any
         consul.close()
 
 
+def _top_bucket(cumulative: dict[float, float]) -> float | None:
+    """The lowest bucket bound that holds every observation (how late the latest went)."""
+    items = sorted(cumulative.items())
+    if not items or items[-1][1] <= 0:
+        return None
+    total = items[-1][1]
+    return next(bound for bound, count in items if count >= total)
+
+
 def fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -332,7 +380,21 @@ def print_agent(a: dict[str, Any]) -> None:
         f"consul    window_s={a['seconds']:.1f} register={w['register']} "
         f"deregister={w['deregister']} check_update={w['check_update']} "
         f"heartbeats_expected={a['heartbeats_expected']:.0f} ({a['steady']}, "
-        f"ready after {a['ready_s']:.1f}s) results={json.dumps(a['results'])}"
+        f"ready after {a['ready_s']:.1f}s, steady after {a['steady_s']:.1f}s) "
+        f"results={json.dumps(a['results'])}"
+    )
+    per_1000 = (
+        a["consul_cpu_pct"] / (a["registered"] / 1000)
+        if a["consul_cpu_pct"] is not None and a["registered"]
+        else None
+    )
+    print(
+        f"registrar registered={a['registered']:.0f} backlog={a['backlog']:.0f} "
+        f"beat_lag_p99_ms={ms(a['beat_lag_p99_s'])} "
+        f"beat_lag_all_within_s={fmt(a['beat_lag_max_bucket_s'], 'g')} "
+        f"consul_cpu={fmt(a['consul_cpu_pct'], '.1f')}% "
+        f"consul_cpu_pct_per_1000_services={fmt(per_1000, '.2f')} "
+        f"consul_critical_checks={a['consul_critical']}"
     )
 
 
@@ -401,6 +463,22 @@ def main() -> None:
         dest="register",
         action="store_false",
         help="services with register: false (isolates the Consul registrar's cost)",
+    )
+    p.add_argument(
+        "--register-max",
+        type=int,
+        metavar="N",
+        help="only the first N services register (the rest: register: false)",
+    )
+    p.add_argument(
+        "--consul-url",
+        metavar="URL",
+        help="a real Consul agent instead of the fake (start it fresh: the bench leaves its "
+        "registrations there)",
+    )
+    p.add_argument("--consul-pid", type=int, metavar="PID", help="its pid, to read its CPU")
+    p.add_argument(
+        "--steady-timeout", type=float, default=0.0, help="seconds (default 60 + N / 100)"
     )
     p.add_argument("--workers", type=int, default=2, help="target processes")
     p.add_argument("--base-port", type=int, default=21000)

@@ -15,6 +15,7 @@ this agent owns can narrow them and call ``apply_services`` when that changes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sqlite3
@@ -94,7 +95,10 @@ class Agent:
         self._reload_tasks: set[asyncio.Task[Any]] = set()
         self._started = asyncio.Event()
         self._ready = False
-        self.metrics = Metrics(probe_buckets_s=config.metrics.probe_duration_buckets_s)
+        self.metrics = Metrics(
+            probe_buckets_s=config.metrics.probe_duration_buckets_s,
+            per_service_histogram=config.metrics.per_service_histogram,
+        )
         self.started_at = utcnow()
         self.scheduler = Scheduler(
             clock, config.max_concurrency, self.metrics.scheduler_lag.observe
@@ -224,6 +228,10 @@ class Agent:
                 version=__version__,
                 services=len(config.services),
             )
+            # Everything built so far (configuration, probes, series, ledger) lives as long as
+            # the process: out of the collector's way, so that a full collection walks only
+            # what came after (at 20,000 services, a pause on the probes' loop otherwise).
+            gc.freeze()
             self._started.set()
             await self._main_loop(monitor, registrar, publisher)
             await self._shutdown(monitor, publisher)

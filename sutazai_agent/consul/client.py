@@ -14,6 +14,8 @@ a ``ConsulError`` naming the status.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import re
 import ssl
@@ -29,6 +31,7 @@ from yarl import URL
 
 from sutazai_agent import __version__
 from sutazai_agent.config import ConsulConfig
+from sutazai_agent.consul.http1 import BodyTooLargeError, Http1Pool, HttpError
 from sutazai_agent.core.model import bounded
 from sutazai_agent.core.secrets import Scrubber, redact_url
 
@@ -142,6 +145,7 @@ class ConsulClient:
         self._token = config.token.get_secret_value()
         self._scrubber = Scrubber([self._token])
         self._session: aiohttp.ClientSession | None = None
+        self._writes: Http1Pool | None = None
 
     @property
     def url(self) -> str:
@@ -156,13 +160,32 @@ class ConsulClient:
         headers = {"User-Agent": f"sutazai-agent/{__version__}"}
         if self._token:
             headers["X-Consul-Token"] = self._token
+        tls = self._ssl()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=POOL_SIZE),
+            connector=aiohttp.TCPConnector(ssl=tls, limit=POOL_SIZE),
             timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
             headers=headers,
         )
+        # The writes that repeat (check updates above all) take the lean kept-alive path.
+        https = self._base_url.scheme == "https"
+        lean_headers = dict(headers)
+        if self._base_url.raw_user is not None:  # aiohttp takes them from the URL
+            credentials = f"{self._base_url.user or ''}:{self._base_url.password or ''}"
+            basic = base64.b64encode(credentials.encode()).decode()
+            lean_headers["Authorization"] = f"Basic {basic}"
+        self._writes = Http1Pool(
+            self._base_url.raw_host or "localhost",
+            self._base_url.port or (443 if https else 80),
+            lean_headers,
+            ssl_context=_context(tls) if https else None,
+            size=POOL_SIZE,
+            body_max=BODY_MAX,
+        )
 
     async def close(self) -> None:
+        writes, self._writes = self._writes, None
+        if writes is not None:
+            writes.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -190,7 +213,8 @@ class ConsulClient:
     # --- the endpoints -----------------------------------------------------------------
     async def register_service(self, payload: Mapping[str, Any]) -> None:
         """``PUT /v1/agent/service/register``: create or replace a service and its checks."""
-        await self._call("register", "PUT", "/v1/agent/service/register", body=payload)
+        data = json.dumps(payload).encode()
+        await self._write("register", "/v1/agent/service/register", data)
 
     async def deregister_service(self, service_id: str) -> None:
         """``PUT /v1/agent/service/deregister/<id>``; an unknown id counts as done.
@@ -199,7 +223,7 @@ class ConsulClient:
         """
         path = f"/v1/agent/service/deregister/{_segment(service_id)}"
         try:
-            await self._call("deregister", "PUT", path)
+            await self._write("deregister", path)
         except ConsulNotFoundError as exc:
             if "unknown service" not in exc.message.lower():
                 raise
@@ -214,7 +238,7 @@ class ConsulClient:
             raise ValueError(f"invalid check status {status!r}")
         path = f"/v1/agent/check/update/{_segment(check_id)}"
         try:
-            await self._call("check_update", "PUT", path, data=self._update_body(status, output))
+            await self._write("check_update", path, self._update_body(status, output))
         except ConsulUnavailableError as exc:
             if exc.status == 500 and "does not have associated ttl" in exc.message.lower():
                 raise ConsulNotFoundError(exc.operation, exc.message, 404) from None
@@ -277,6 +301,30 @@ class ConsulClient:
             data = json.dumps({"Status": status, "Output": output}).encode()
             self._update_bodies[key] = data
         return data
+
+    async def _write(self, operation: str, path: str, data: bytes | None = None) -> None:
+        """One PUT through the lean kept-alive path; the answer's body only matters on error."""
+        writes = self._writes
+        if writes is None:
+            raise RuntimeError("ConsulClient is not open: use 'async with ConsulClient(...)'")
+        request = writes.build("PUT", self._prefix + path, data, JSON_TYPE)
+        try:
+            async with asyncio.timeout(self._config.timeout_s):
+                status, raw = await writes.request(request)
+        except TimeoutError:
+            raise ConsulUnavailableError(
+                operation, f"no answer within {self._config.timeout_s:g}s"
+            ) from None
+        except BodyTooLargeError as exc:
+            raise ConsulError(operation, str(exc), exc.status) from None
+        except (OSError, HttpError) as exc:  # refused, reset, TLS, an answer that is not HTTP
+            raise ConsulUnavailableError(operation, self._scrubber.error(exc)) from None
+        if 300 <= status < 400:  # never followed: the token stays with the configured agent
+            message = f"redirect refused (Consul's API does not redirect): HTTP {status}"
+            raise ConsulError(operation, message, status)
+        if status >= 400:
+            text = self._scrubber.text(raw.decode("utf-8", "replace"))
+            raise _http_error(operation, status, text)
 
     async def _call(
         self,
@@ -346,6 +394,17 @@ class ConsulClient:
             return Answer(status, index, json.loads(raw))
         except ValueError:
             raise ConsulError(operation, "response is not JSON", status) from None
+
+
+def _context(tls: ssl.SSLContext | bool) -> ssl.SSLContext:
+    """aiohttp's ``ssl`` argument as a context: ``False`` verifies nothing."""
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    context = ssl.create_default_context()
+    if not tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _index(header: str | None) -> int:

@@ -57,6 +57,7 @@ from sutazai_agent.consul.ledger import (
     registration_payload,
 )
 from sutazai_agent.consul.link import Link
+from sutazai_agent.consul.pacing import BUDGET_S, Pacer, slow_threshold
 from sutazai_agent.consul.passlog import PassLog
 from sutazai_agent.consul.reconcile import Ownership, Reconciler, Seed, SoleOwner
 from sutazai_agent.core.model import State, format_optional_time, utcnow
@@ -126,6 +127,7 @@ class ConsulRegistrar:
             self._log,
             on_seed,
         )
+        self._pacer = Pacer(IN_FLIGHT_MAX, slow_threshold(config.timeout_s))
         self._pass_log = PassLog(LOG_EACH_MAX, _WARNINGS)
         self._wake = asyncio.Event()
         self._closed = False
@@ -229,9 +231,11 @@ class ConsulRegistrar:
                 await self._apply_pending()
         except ConsulError as exc:  # unreachable, 403, or an answer we cannot use
             self._resync_pending = True
+            self._pacer.reset()  # after the outage, start small again
             return self._link.failed(exc)
         finally:
             self._metrics.consul_registered_services.set(self._ledger.registered)
+            self._metrics.consul_registration_backlog.set(len(self._ledger.pending))
             self._metrics.consul_conflicts.set(len(self._reconciler.conflicts))
             for level, event, fields in self._pass_log.drain():
                 getattr(self._log, level)(event, **fields)
@@ -252,11 +256,19 @@ class ConsulRegistrar:
         self._last_sync_at = utcnow()
 
     async def _apply_pending(self) -> None:
+        """Apply up to ``APPLY_MAX`` changes, ``pacer.window`` at a time, for at most
+        ``BUDGET_S``; what is left waits for the next pass, after the due heartbeats."""
         pending = self._ledger.pending
         entries = [self._entries[sid] for sid in itertools.islice(pending, APPLY_MAX)]
-        self._more_pending = len(pending) > len(entries)
-        for start in range(0, len(entries), IN_FLIGHT_MAX):
-            await self._together(self._apply, entries[start : start + IN_FLIGHT_MAX])
+        started = self._clock()
+        start = 0
+        while start < len(entries) and self._clock() - started < BUDGET_S:
+            size = self._pacer.window
+            group_started = self._clock()
+            await self._together(self._apply, entries[start : start + size])
+            self._pacer.done(self._clock() - group_started)
+            start += size
+        self._more_pending = len(pending) > 0
 
     async def _apply(self, entry: Entry, *, retry_lost: bool = True) -> None:
         """Write ``entry``'s pending change, if any; then file it under pending or not."""
@@ -328,11 +340,13 @@ class ConsulRegistrar:
                 raise result
 
     async def _beat(self, entry: Entry) -> None:
-        status = entry.status
+        status, due = entry.status, entry.next_beat_at
         if status is None:
             return
         try:
             await self._write_status(entry, status, "heartbeat")
+            if due is not None:  # how late Consul got it, against when it was due
+                self._metrics.consul_heartbeat_lag.observe(max(self._clock() - due, 0.0))
         except ConsulNotFoundError:
             if status == "critical":
                 # on_down critical: Consul reaps a check critical for longer than

@@ -44,6 +44,7 @@ from sutazai_agent.core.model import Outcome, State
 
 PREFIX = "sutazai_agent"
 LAG_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+HEARTBEAT_LAG_BUCKETS_S = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 60.0)
 STATES = tuple(State)
 OUTCOMES = tuple(Outcome)
 UP_STATES = frozenset({State.UP, State.DEGRADED})
@@ -56,7 +57,10 @@ STATE = f"{PREFIX}_service_state"
 DURATION = f"{PREFIX}_probe_duration_seconds"
 PROBES = f"{PREFIX}_probes"
 CHANGES = f"{PREFIX}_state_changes"
+LAST = f"{PREFIX}_probe_last_duration_seconds"
+KIND_DURATION = f"{PREFIX}_probe_kind_duration_seconds"
 HELP = {
+    LAST: "Duration of the service's last probe (NaN before the first).",
     UP: "1 if the service is up or degraded, else 0.",
     STATE: "1 for the service's current state, 0 for the others.",
     DURATION: "Duration of one probe.",
@@ -68,7 +72,17 @@ HELP = {
 class ServiceSeries:
     """Everything the per-service families show of one service; observing allocates nothing."""
 
-    __slots__ = ("buckets", "changes", "duration_sum", "kind", "labels", "name", "results", "state")
+    __slots__ = (
+        "buckets",
+        "changes",
+        "duration_sum",
+        "kind",
+        "labels",
+        "last",
+        "name",
+        "results",
+        "state",
+    )
 
     def __init__(self, name: str, kind: str, buckets: int) -> None:
         self.name = name
@@ -78,6 +92,7 @@ class ServiceSeries:
         self.buckets = [0] * (buckets + 1)
         """Observations per bucket (not cumulative); the last one is +Inf."""
         self.duration_sum = 0.0
+        self.last = math.nan
         self.results = dict.fromkeys(OUTCOMES, 0)
         self.changes: dict[tuple[State, State], int] = {}
 
@@ -88,10 +103,16 @@ class ServiceSeries:
 
 class ServiceFamilies:
     """The per-service metric families: a prometheus_client collector that can also render
-    its own exposition text fast (``render``)."""
+    its own exposition text fast (``render``).
 
-    def __init__(self, buckets_s: Sequence[float]) -> None:
-        self.bounds = tuple(float(b) for b in buckets_s)
+    With ``histogram`` false (``metrics.per_service_histogram: false``) there is no
+    per-service ``probe_duration_seconds``: a ``probe_last_duration_seconds`` gauge per
+    service instead, and ``probes_total`` only for the results a service has had (the
+    latency distribution is then per kind, ``Metrics.probe_kind_duration``)."""
+
+    def __init__(self, buckets_s: Sequence[float], histogram: bool = True) -> None:
+        self.histogram = histogram
+        self.bounds = tuple(float(b) for b in buckets_s) if histogram else ()
         self._le = [_go_float(b) for b in (*self.bounds, math.inf)]
         self.series: dict[str, ServiceSeries] = {}
 
@@ -102,8 +123,11 @@ class ServiceFamilies:
         return series
 
     def observe(self, series: ServiceSeries, outcome: Outcome, latency_s: float) -> None:
-        series.buckets[bisect_left(self.bounds, latency_s)] += 1
-        series.duration_sum += latency_s
+        if self.histogram:
+            series.buckets[bisect_left(self.bounds, latency_s)] += 1
+            series.duration_sum += latency_s
+        else:
+            series.last = latency_s
         series.results[outcome] += 1
 
     # --- prometheus_client's view (tests, generate_latest) ---------------------------------
@@ -117,6 +141,7 @@ class ServiceFamilies:
         up = GaugeMetricFamily(UP, HELP[UP], labels=["service"])
         state = GaugeMetricFamily(STATE, HELP[STATE], labels=["service", "state"])
         duration = HistogramMetricFamily(DURATION, HELP[DURATION], labels=["service", "kind"])
+        last = GaugeMetricFamily(LAST, HELP[LAST], labels=["service", "kind"])
         probes = CounterMetricFamily(PROBES, HELP[PROBES], labels=["service", "kind", "result"])
         changes = CounterMetricFamily(
             CHANGES, HELP[CHANGES], labels=["service", "from_state", "to_state"]
@@ -125,16 +150,20 @@ class ServiceFamilies:
             up.add_metric([s.name], s.up)
             for st in STATES:
                 state.add_metric([s.name, st.value], 1 if st is s.state else 0)
-            cumulative, buckets = 0, []
-            for le, count in zip(self._le, list(s.buckets), strict=True):
-                cumulative += count
-                buckets.append((le, cumulative))
-            duration.add_metric([s.name, s.kind], buckets, s.duration_sum)
+            if self.histogram:
+                cumulative, buckets = 0, []
+                for le, count in zip(self._le, list(s.buckets), strict=True):
+                    cumulative += count
+                    buckets.append((le, cumulative))
+                duration.add_metric([s.name, s.kind], buckets, s.duration_sum)
+            else:
+                last.add_metric([s.name, s.kind], s.last)
             for outcome, n in list(s.results.items()):
-                probes.add_metric([s.name, s.kind, outcome.value], n)
+                if n or self.histogram:
+                    probes.add_metric([s.name, s.kind, outcome.value], n)
             for (before, after), n in list(s.changes.items()):
                 changes.add_metric([s.name, before.value, after.value], n)
-        return [up, state, duration, probes, changes]
+        return [up, state, duration if self.histogram else last, probes, changes]
 
     # --- the fast path ---------------------------------------------------------------------
     def chunks(self, openmetrics: bool = False, size: int = CHUNK_SERVICES) -> Iterator[str]:
@@ -145,10 +174,15 @@ class ServiceFamilies:
         all_series = list(self.series.values())
         slices = [all_series[i : i + size] for i in range(0, len(all_series), size)] or [[]]
         counter_suffix = "" if openmetrics else "_total"
+        latency: tuple[str, str, str, Callable[[ServiceSeries, Add], None]] = (
+            (DURATION, "histogram", "", self._duration_lines)
+            if self.histogram
+            else (LAST, "gauge", "", self._last_lines)
+        )
         families: list[tuple[str, str, str, Callable[[ServiceSeries, Add], None]]] = [
             (UP, "gauge", "", self._up_lines),
             (STATE, "gauge", "", self._state_lines),
-            (DURATION, "histogram", "", self._duration_lines),
+            latency,
             (PROBES, "counter", counter_suffix, self._probes_lines),
             (CHANGES, "counter", counter_suffix, self._changes_lines),
         ]
@@ -182,10 +216,16 @@ class ServiceFamilies:
         add(f"{DURATION}_sum{{{kind},{svc}}} {s.duration_sum!r}\n")
 
     @staticmethod
-    def _probes_lines(s: ServiceSeries, add: Add) -> None:
+    def _last_lines(s: ServiceSeries, add: Add) -> None:
         svc, kind = s.labels
+        add(f"{LAST}{{{kind},{svc}}} {_go_float(s.last)}\n")
+
+    def _probes_lines(self, s: ServiceSeries, add: Add) -> None:
+        svc, kind = s.labels
+        every = self.histogram  # without the histogram, only the results seen
         for outcome, n in list(s.results.items()):
-            add(f'{PROBES}_total{{{kind},result="{outcome.value}",{svc}}} {n}.0\n')
+            if n or every:
+                add(f'{PROBES}_total{{{kind},result="{outcome.value}",{svc}}} {n}.0\n')
 
     @staticmethod
     def _changes_lines(s: ServiceSeries, add: Add) -> None:
@@ -235,8 +275,10 @@ class Metrics:
         self,
         registry: CollectorRegistry | None = None,
         probe_buckets_s: Sequence[float] = PROBE_DURATION_BUCKETS_S,
+        *,
+        per_service_histogram: bool = True,
     ) -> None:
-        self.services = ServiceFamilies(probe_buckets_s)
+        self.services = ServiceFamilies(probe_buckets_s, per_service_histogram)
         if registry is None:
             registry = MetricsRegistry(self.services)
         else:
@@ -256,6 +298,17 @@ class Metrics:
         self.consul_registered_services = Gauge(
             f"{PREFIX}_consul_registered_services",
             "Services this agent currently has registered in Consul.", registry=r,
+        )  # fmt: skip
+        self.consul_registration_backlog = Gauge(
+            f"{PREFIX}_consul_registration_backlog",
+            "Registration changes (register, check update, deregister) waiting to be written "
+            "to Consul.", registry=r,
+        )  # fmt: skip
+        self.consul_heartbeat_lag = Histogram(
+            f"{PREFIX}_consul_heartbeat_lag_seconds",
+            "How late a TTL heartbeat reached Consul after its due time (a heartbeat is due "
+            "every ttl_s / 3; later than 2/3 of the TTL, the check goes critical).",
+            buckets=HEARTBEAT_LAG_BUCKETS_S, registry=r,
         )  # fmt: skip
         self.consul_conflicts = Gauge(
             f"{PREFIX}_consul_conflicts",
@@ -302,6 +355,13 @@ class Metrics:
         )  # fmt: skip
         self.build_info = Info(f"{PREFIX}_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})
+        self.probe_kind_duration: Histogram | None = None
+        self._kind_durations: dict[str, Histogram] = {}
+        if not per_service_histogram:  # the latency distribution per kind instead
+            self.probe_kind_duration = Histogram(
+                KIND_DURATION, "Duration of one probe, by kind (all services of the kind).",
+                ["kind"], buckets=tuple(probe_buckets_s) or PROBE_DURATION_BUCKETS_S, registry=r,
+            )  # fmt: skip
 
     def service(self, name: str, kind: str) -> ServiceSeries:
         """The series of one service, created (all at 0, state unknown) on first use."""
@@ -313,6 +373,11 @@ class Metrics:
 
     def observe_probe(self, name: str, kind: str, outcome: Outcome, latency_s: float) -> None:
         self.services.observe(self.services.get(name, kind), outcome, latency_s)
+        if self.probe_kind_duration is not None:
+            child = self._kind_durations.get(kind)
+            if child is None:
+                child = self._kind_durations[kind] = self.probe_kind_duration.labels(kind)
+            child.observe(latency_s)
 
     def set_state(self, name: str, kind: str, previous: State, current: State) -> None:
         self.services.get(name, kind).state = current

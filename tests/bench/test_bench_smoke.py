@@ -50,6 +50,16 @@ def test_throughput_smoke_prints_agent_and_blackbox_rows() -> None:
         assert "agent/blackbox=" in lines(out, "ratio ")[0]
 
 
+def test_throughput_smoke_registers_only_the_first_n_without_histograms() -> None:
+    lean = '{"metrics": {"per_service_histogram": false}}'
+    out = smoke("bench.throughput", "--agent-only", "--register-max", "10", "--agent-extra", lean)
+    registrar = lines(out, "registrar ")[0]
+    assert "registered=10 " in registrar
+    assert "beat_lag_p99_ms=" in registrar
+    assert "series_per_service=8 " in lines(out, "metrics ")[0]
+    assert "probe_p99_ms=n/a" not in lines(out, "agent ")[0]  # from the per-kind histogram
+
+
 def test_throughput_smoke_idle_prints_rss() -> None:
     out = smoke("bench.throughput", "--idle")
     assert "rss_mb=" in lines(out, "idle ")[0]

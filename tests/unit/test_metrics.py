@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
@@ -13,9 +15,9 @@ from sutazai_agent.core.model import Outcome, State
 from sutazai_agent.web.metrics import Metrics, MetricsRegistry
 
 
-def samples(families: object) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+def samples(families: object) -> set[tuple[str, tuple[tuple[str, str], ...], float | str]]:
     return {
-        (s.name, tuple(sorted(s.labels.items())), s.value)
+        (s.name, tuple(sorted(s.labels.items())), "NaN" if math.isnan(s.value) else s.value)
         for family in families  # type: ignore[attr-defined]
         for s in family.samples
         if not s.name.startswith(("process_", "python_"))
@@ -74,3 +76,49 @@ def test_buckets_are_configurable_and_must_increase() -> None:
     with pytest.raises(ValidationError) as info:
         AgentConfig(metrics={"probe_duration_buckets_s": [0.1, 0.1]})
     assert describe(info.value) == "metrics.probe_duration_buckets_s: must be strictly increasing"
+
+
+def lean_metrics() -> Metrics:
+    metrics = Metrics(per_service_histogram=False)
+    for latency in (0.004, 0.2):
+        metrics.observe_probe("db", "tcp", Outcome.OK, latency)
+    metrics.observe_probe("web", "http", Outcome.OK, 0.01)
+    metrics.observe_probe("web", "http", Outcome.TIMEOUT, 5.0)
+    for name, kind in (("db", "tcp"), ("web", "http")):
+        metrics.set_state(name, kind, State.UNKNOWN, State.UP)
+        metrics.count_transition(name, State.UNKNOWN, State.UP)
+    metrics.service("new", "tcp")
+    return metrics
+
+
+def test_without_per_service_histograms_the_fast_text_still_matches() -> None:
+    metrics = lean_metrics()
+    fast = exposition(metrics).decode()
+    slow = generate_latest(metrics.registry).decode()
+    assert samples(parse_text(fast)) == samples(parse_text(slow))
+    assert "sutazai_agent_probe_duration_seconds" not in fast
+    assert 'sutazai_agent_probe_last_duration_seconds{kind="tcp",service="db"} 0.2' in fast
+    assert 'sutazai_agent_probe_last_duration_seconds{kind="tcp",service="new"} NaN' in fast
+    assert 'sutazai_agent_probe_kind_duration_seconds_count{kind="tcp"} 2.0' in fast
+    assert 'sutazai_agent_probe_kind_duration_seconds_bucket{kind="http",le="0.025"} 1.0' in fast
+    names = {family.name for family in parse_om(exposition(metrics, openmetrics=True).decode())}
+    assert "sutazai_agent_probe_last_duration_seconds" in names
+
+
+def test_without_per_service_histograms_a_service_has_at_most_8_series() -> None:
+    text = exposition(lean_metrics()).decode()
+
+    def lines(service: str) -> list[str]:
+        return [line for line in text.splitlines() if f'service="{service}"' in line]
+
+    # up 1, state 4, last duration 1, probes 1 (only "ok" seen), state changes 1
+    assert len(lines("db")) == 8
+    assert len(lines("web")) == 9  # a second result seen: one more counter
+    assert len(lines("new")) == 6  # not probed yet: no counters
+
+
+def test_per_service_histogram_is_a_config_key_on_by_default() -> None:
+    assert AgentConfig().metrics.per_service_histogram is True
+    config = AgentConfig(metrics={"per_service_histogram": False})
+    assert config.metrics.per_service_histogram is False
+    assert "sutazai_agent_probe_kind_duration_seconds" not in exposition(busy_metrics()).decode()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from sutazai_agent.core.scheduler import MAX_SLEEP_S, MIN_SLEEP_S, Schedule, Scheduler
+from sutazai_agent.core.scheduler import GATHER_S, MAX_SLEEP_S, MIN_SLEEP_S, Schedule, Scheduler
 
 
 class FakeClock:
@@ -182,6 +183,48 @@ async def test_run_returns_promptly_on_stop_and_drain_cancels_stragglers() -> No
     await asyncio.wait_for(runner, 1.0)
     assert await scheduler.drain(0.01) == 1
     assert gate.running == 0
+
+
+class FirstRuns(random.Random):
+    """Splays first runs at the given offsets, in order."""
+
+    def __init__(self, offsets: list[float]) -> None:
+        super().__init__(0)
+        self.offsets = offsets
+
+    def uniform(self, a: float, b: float) -> float:
+        return self.offsets.pop(0)
+
+
+async def test_jobs_falling_due_within_the_gather_window_start_together() -> None:
+    """One wake-up starts every job due in the next GATHER_S (early, phase kept): at 1,000
+    services a wake-up per probe cost more than a third of the agent's CPU."""
+    clock = FakeClock(0.0)
+    lags: list[float] = []
+    splay = FirstRuns([1.0, 1.0 + GATHER_S / 2, 1.0 + GATHER_S * 2])
+    scheduler = Scheduler(clock, max_concurrency=10, on_lag=lags.append, rng=splay)
+    started: list[str] = []
+
+    def job(name: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            started.append(name)
+
+        return run
+
+    for name in ("a", "b", "c"):
+        scheduler.add(name, 10.0, job(name))
+    first, third = 1.0, 1.0 + GATHER_S * 2
+    clock.now = first
+    delay = scheduler.tick()
+    await settle()
+    assert len(started) == 2
+    assert lags == [0.0, 0.0]  # early is not late
+    assert delay == pytest.approx(third - first)
+    clock.now = third
+    scheduler.tick()
+    await settle()
+    assert len(started) == 3
+    assert scheduler.skipped == 0
 
 
 # --- reload: jobs removed and replaced while the scheduler runs -----------------------------
