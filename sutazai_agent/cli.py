@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -82,6 +83,16 @@ def _usage_error(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of our output went away (`config | head`): that ends the command, quietly.
+        # Point stdout at /dev/null so the interpreter's own final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     command = args.command or "run"
     if command == "healthcheck" and not (args.timeout > 0 and math.isfinite(args.timeout)):

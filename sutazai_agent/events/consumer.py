@@ -68,8 +68,11 @@ async def tail(
                         )
                         continue
                     line = {"routing_key": message.routing_key, "event": event}
-                    out.write(json.dumps(line, separators=(",", ":")) + "\n")
-                    out.flush()
+                    try:
+                        out.write(json.dumps(line, separators=(",", ":")) + "\n")
+                        out.flush()
+                    except BrokenPipeError:
+                        return 0  # the reader went away (`events | head`): done, no error
                     printed += 1
                     if count is not None and printed >= count:
                         return 0
