@@ -10,6 +10,7 @@ It prints ``READY <consul_port> <stats_port>``; ``GET /stats`` on the stats port
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import sys
@@ -65,6 +66,11 @@ async def serve() -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        prog="python -m bench.consul_server",
+        description=__doc__.split("\n\n", 1)[0] if __doc__ else None,
+        epilog="Prints READY <consul_port> <stats_port> once serving; SIGTERM stops it.",
+    ).parse_args()
     try:
         import uvloop
     except ImportError:
