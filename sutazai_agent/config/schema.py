@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sutazai_agent.config.services import (
     AmqpUrl,
     ConsulService,
+    ExistingFile,
     HttpUrl,
     IntervalSeconds,
     KongService,
@@ -63,15 +64,8 @@ class ConsulConfig(_Strict):
     on_down: Literal["deregister", "critical"] = "deregister"
     resync_interval_s: PositiveSeconds = 60.0
     timeout_s: PositiveSeconds = 5.0
-    ca_file: Path | None = None
+    ca_file: ExistingFile | None = None
     tls_verify: bool = True
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
 
 
 class RabbitmqConfig(_Strict):

@@ -60,6 +60,15 @@ IntervalSeconds = Annotated[float, Field(ge=MIN_INTERVAL_S)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+
+
 _DEFAULT_PORTS = {
     "http": 80,
     "https": 443,
@@ -289,15 +298,8 @@ class GrpcService(_ExtraService):
     port: Port  # required here: it is the target
     grpc_service: str = ""
     tls: bool = False
-    ca_file: Path | None = None
+    ca_file: ExistingFile | None = None
     server_name: str | None = Field(default=None, min_length=1)
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
 
     @field_validator("ca_file", "server_name")
     @classmethod
