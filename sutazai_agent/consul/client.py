@@ -20,9 +20,8 @@ import json
 import re
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -32,104 +31,30 @@ from yarl import URL
 from sutazai_agent import __version__
 from sutazai_agent.config import ConsulConfig
 from sutazai_agent.consul.http1 import BodyTooLargeError, Http1Pool, HttpError
-from sutazai_agent.core.model import bounded
+from sutazai_agent.consul.types import (
+    CHECK_STATUSES,
+    AgentCheck,
+    AgentService,
+    Answer,
+    CheckStatus,
+    ConsulError,
+    ConsulNotFoundError,
+    ConsulUnavailableError,
+    http_error,
+    parse_check,
+    parse_service,
+)
 from sutazai_agent.core.secrets import Scrubber, redact_url
 
-CheckStatus = Literal["passing", "warning", "critical"]
-CHECK_STATUSES: tuple[CheckStatus, ...] = ("passing", "warning", "critical")
 POOL_SIZE = 16
 """Connections to Consul at most (kept alive between calls): the registrar's concurrency."""
 BODY_MAX = 4 * 1024 * 1024
 """Largest response body read (a list of a few thousand services fits comfortably)."""
-MESSAGE_MAX = 200
 UPDATE_BODIES_MAX = 64
 """Encoded check-update bodies kept (one per status and output: a handful in practice)."""
 JSON_TYPE = "application/json"
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.~:@-]*")
 """What ``quote(value, safe=":@")`` leaves as it is."""
-
-
-class ConsulError(Exception):
-    """A Consul call failed. ``status`` is the HTTP status, ``None`` when there was none."""
-
-    def __init__(self, operation: str, message: str, status: int | None = None) -> None:
-        self.operation = operation
-        self.status = status
-        self.message = bounded(message, MESSAGE_MAX)
-        super().__init__(self._describe())
-
-    def _describe(self) -> str:
-        where = "unreachable" if self.status is None else f"HTTP {self.status}"
-        return f"{self.operation}: {where}: {self.message}" if self.message else where
-
-
-class ConsulUnavailableError(ConsulError):
-    """Consul cannot answer: refused, timed out, TLS failure, 5xx, no cluster leader."""
-
-
-class ConsulRateLimitedError(ConsulUnavailableError):
-    """429: Consul's rate limit refused the call for now; back off and try again."""
-
-
-class ConsulPermissionError(ConsulError):
-    """403: the ACL token is missing, unknown or lacks the permission."""
-
-
-class ConsulNotFoundError(ConsulError):
-    """The service or check named in the call does not exist on the agent."""
-
-
-@dataclass(frozen=True, slots=True)
-class AgentService:
-    """One entry of ``GET /v1/agent/services``."""
-
-    id: str
-    name: str
-    address: str
-    port: int
-    tags: tuple[str, ...] = ()
-    meta: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class AgentCheck:
-    """One entry of ``GET /v1/agent/checks``."""
-
-    check_id: str
-    name: str
-    status: str
-    output: str = ""
-    service_id: str = ""
-    service_name: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A decoded Consul answer: the HTTP status, ``X-Consul-Index`` (0 if none), the JSON."""
-
-    status: int
-    index: int
-    data: Any
-
-
-class ConsulAgentApi(Protocol):
-    """What the registrar needs from Consul (``ConsulClient`` in production, fakes in tests)."""
-
-    async def register_service(self, payload: Mapping[str, Any]) -> None: ...
-
-    async def deregister_service(self, service_id: str) -> None: ...
-
-    async def update_ttl(self, check_id: str, status: CheckStatus, output: str = "") -> None: ...
-
-    async def agent_services(self, filter_expr: str | None = None) -> dict[str, AgentService]: ...
-
-    async def agent_service(self, service_id: str) -> AgentService | None: ...
-
-    async def agent_checks(self, filter_expr: str | None = None) -> dict[str, AgentCheck]: ...
-
-    async def health_service(
-        self, name: str
-    ) -> list[tuple[AgentService, tuple[AgentCheck, ...]]]: ...
 
 
 class ConsulClient:
@@ -250,7 +175,7 @@ class ConsulClient:
         data = await self._call("list", "GET", "/v1/agent/services", params=params)
         if not isinstance(data, dict):
             raise ConsulError("list", "agent services: expected a JSON object")
-        return {str(key): _service("list", value) for key, value in data.items()}
+        return {str(key): parse_service("list", value) for key, value in data.items()}
 
     async def agent_service(self, service_id: str) -> AgentService | None:
         """``GET /v1/agent/service/<id>``: the local registration under ``service_id``, or
@@ -262,7 +187,7 @@ class ConsulClient:
             if "unknown service id" in exc.message.lower():
                 return None
             raise
-        return _service("get", data)
+        return parse_service("get", data)
 
     async def agent_checks(self, filter_expr: str | None = None) -> dict[str, AgentCheck]:
         """``GET /v1/agent/checks``, optionally with a ``filter`` expression."""
@@ -270,14 +195,17 @@ class ConsulClient:
         data = await self._call("checks", "GET", "/v1/agent/checks", params=params)
         if not isinstance(data, dict):
             raise ConsulError("checks", "agent checks: expected a JSON object")
-        return {str(key): _check("checks", value) for key, value in data.items()}
+        return {str(key): parse_check("checks", value) for key, value in data.items()}
 
     async def health_service(self, name: str) -> list[tuple[AgentService, tuple[AgentCheck, ...]]]:
         """``GET /v1/health/service/<name>``: every instance in the cluster, with its checks."""
         data = await self._call("health", "GET", f"/v1/health/service/{_segment(name)}")
         try:
             return [
-                (_service("health", e["Service"]), tuple(_check("health", c) for c in e["Checks"]))
+                (
+                    parse_service("health", e["Service"]),
+                    tuple(parse_check("health", c) for c in e["Checks"]),
+                )
                 for e in data
             ]
         except (KeyError, TypeError):
@@ -324,7 +252,7 @@ class ConsulClient:
             raise ConsulError(operation, message, status)
         if status >= 400:
             text = self._scrubber.text(raw.decode("utf-8", "replace"))
-            raise _http_error(operation, status, text)
+            raise http_error(operation, status, text)
 
     async def _call(
         self,
@@ -387,7 +315,7 @@ class ConsulClient:
             return Answer(status, index, None)
         if status >= 400:
             text = self._scrubber.text(raw.decode("utf-8", "replace"))
-            raise _http_error(operation, status, text)
+            raise http_error(operation, status, text)
         if not raw.strip():
             return Answer(status, index, None)
         try:
@@ -436,43 +364,3 @@ async def _read_bounded(operation: str, response: aiohttp.ClientResponse) -> byt
             raise ConsulError(operation, f"response body over {BODY_MAX} bytes", response.status)
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _http_error(operation: str, status: int, text: str) -> ConsulError:
-    if status == 403:
-        return ConsulPermissionError(operation, text or "Permission denied", status)
-    if status == 404:
-        return ConsulNotFoundError(operation, text or "not found", status)
-    if status == 429:
-        return ConsulRateLimitedError(operation, text or "rate limit exceeded", status)
-    if status >= 500:
-        return ConsulUnavailableError(operation, text, status)
-    return ConsulError(operation, text, status)
-
-
-def _service(operation: str, value: Any) -> AgentService:
-    try:
-        return AgentService(
-            id=str(value["ID"]),
-            name=str(value["Service"]),
-            address=str(value.get("Address") or ""),
-            port=int(value.get("Port") or 0),
-            tags=tuple(str(t) for t in value.get("Tags") or ()),
-            meta={str(k): str(v) for k, v in (value.get("Meta") or {}).items()},
-        )
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise ConsulError(operation, "agent services: malformed entry") from None
-
-
-def _check(operation: str, value: Any) -> AgentCheck:
-    try:
-        return AgentCheck(
-            check_id=str(value["CheckID"]),
-            name=str(value.get("Name") or ""),
-            status=str(value["Status"]),
-            output=str(value.get("Output") or ""),
-            service_id=str(value.get("ServiceID") or ""),
-            service_name=str(value.get("ServiceName") or ""),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise ConsulError(operation, "agent checks: malformed entry") from None

@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import structlog
 
-from sutazai_agent.consul.client import ConsulError
 from sutazai_agent.consul.kv import SESSION_TTL_MIN_S, LockApi
 from sutazai_agent.consul.ledger import OUTAGE_LOG, outage_kind
+from sutazai_agent.consul.types import ConsulError
 from sutazai_agent.core import rendezvous
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.protocols import Clock

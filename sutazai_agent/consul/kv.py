@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
-from sutazai_agent.consul.client import ConsulClient, ConsulError, ConsulNotFoundError
+from sutazai_agent.consul.client import ConsulClient
 from sutazai_agent.consul.ledger import go_duration
+from sutazai_agent.consul.types import ConsulError, ConsulNotFoundError
 
 SESSION_TTL_MIN_S = 10.0
 """Consul refuses a session TTL under 10 seconds."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sutazai_agent.config import ConsulConfig, ServiceConfig, registration_address
-from sutazai_agent.consul.client import (
+from sutazai_agent.consul.types import (
     AgentCheck,
     AgentService,
     CheckStatus,

@@ -13,8 +13,8 @@ import random
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from sutazai_agent.consul.client import ConsulError, ConsulUnavailableError
 from sutazai_agent.consul.ledger import OUTAGE_LOG, Entry, outage_kind
+from sutazai_agent.consul.types import ConsulError, ConsulUnavailableError
 from sutazai_agent.core.backoff import Backoff
 from sutazai_agent.core.outage import Outage
 from sutazai_agent.core.protocols import Clock

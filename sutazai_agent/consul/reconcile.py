@@ -18,13 +18,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from sutazai_agent.consul.client import (
-    AgentCheck,
-    AgentService,
-    CheckStatus,
-    ConsulAgentApi,
-    ConsulError,
-)
 from sutazai_agent.consul.ledger import (
     Entry,
     Ledger,
@@ -33,6 +26,13 @@ from sutazai_agent.consul.ledger import (
     describe_owner,
     differs,
     seed_state,
+)
+from sutazai_agent.consul.types import (
+    AgentCheck,
+    AgentService,
+    CheckStatus,
+    ConsulAgentApi,
+    ConsulError,
 )
 from sutazai_agent.core.health import RANK
 from sutazai_agent.core.model import State

@@ -38,15 +38,7 @@ from typing import Any
 import structlog
 
 from sutazai_agent.config import ConsulConfig, ServiceConfig, redact_url
-from sutazai_agent.consul.client import (
-    POOL_SIZE,
-    CheckStatus,
-    ConsulAgentApi,
-    ConsulError,
-    ConsulNotFoundError,
-    ConsulPermissionError,
-    ConsulUnavailableError,
-)
+from sutazai_agent.consul.client import POOL_SIZE
 from sutazai_agent.consul.ledger import (
     CONSUL_DEREGISTER_FLOOR_S,
     Entry,
@@ -60,6 +52,14 @@ from sutazai_agent.consul.link import Link
 from sutazai_agent.consul.pacing import BUDGET_S, Pacer, slow_threshold
 from sutazai_agent.consul.passlog import PassLog
 from sutazai_agent.consul.reconcile import Ownership, Reconciler, Seed, SoleOwner
+from sutazai_agent.consul.types import (
+    CheckStatus,
+    ConsulAgentApi,
+    ConsulError,
+    ConsulNotFoundError,
+    ConsulPermissionError,
+    ConsulUnavailableError,
+)
 from sutazai_agent.core.model import State, format_optional_time, utcnow
 from sutazai_agent.core.protocols import Clock
 from sutazai_agent.core.scheduler import MIN_SLEEP_S

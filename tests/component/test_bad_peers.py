@@ -20,7 +20,8 @@ from sutazai_agent.config import (
     RabbitmqService,
     TcpService,
 )
-from sutazai_agent.consul.client import ConsulClient, ConsulError, ConsulUnavailableError
+from sutazai_agent.consul.client import ConsulClient
+from sutazai_agent.consul.types import ConsulError, ConsulUnavailableError
 from sutazai_agent.core.model import REASON_MAX, Outcome
 from sutazai_agent.probes import build_probe, run_probe
 

@@ -12,9 +12,8 @@ import trustme
 from aiohttp import web
 
 from sutazai_agent.config import ConsulConfig
-from sutazai_agent.consul.client import (
-    BODY_MAX,
-    ConsulClient,
+from sutazai_agent.consul.client import BODY_MAX, ConsulClient
+from sutazai_agent.consul.types import (
     ConsulError,
     ConsulNotFoundError,
     ConsulPermissionError,

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from sutazai_agent.config import ConsulConfig
-from sutazai_agent.consul.client import ConsulClient, ConsulNotFoundError, ConsulUnavailableError
+from sutazai_agent.consul.client import ConsulClient
 from sutazai_agent.consul.http1 import BodyTooLargeError, Http1Pool, HttpError
+from sutazai_agent.consul.types import ConsulNotFoundError, ConsulUnavailableError
 
 OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 Reply = Callable[[int, bytes], bytes | None]

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sutazai_agent.consul.client import ConsulClient, ConsulError
+from sutazai_agent.consul.client import ConsulClient
 from sutazai_agent.consul.kv import ConsulKv
+from sutazai_agent.consul.types import ConsulError
 from tests.component.consul_backends import BACKENDS, Backend, consul_backend
 
 pytestmark = pytest.mark.parametrize("kind", BACKENDS)

@@ -11,13 +11,9 @@ from __future__ import annotations
 import pytest
 
 from sutazai_agent.config import ConsulService, TcpService
-from sutazai_agent.consul.client import (
-    AgentService,
-    CheckStatus,
-    ConsulClient,
-    ConsulUnavailableError,
-)
+from sutazai_agent.consul.client import ConsulClient
 from sutazai_agent.consul.registrar import APPLY_MAX, BEAT_EARLY_S, BEATS_PER_PASS, ConsulRegistrar
+from sutazai_agent.consul.types import AgentService, CheckStatus, ConsulUnavailableError
 from sutazai_agent.core.model import State
 from sutazai_agent.web.metrics import Metrics
 from tests.component.consul_backends import (

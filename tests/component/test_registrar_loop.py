@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sutazai_agent.consul.client import AgentService, ConsulClient, ConsulError
+from sutazai_agent.consul.client import ConsulClient
+from sutazai_agent.consul.types import AgentService, ConsulError
 from sutazai_agent.core.model import State
 from tests.component.consul_backends import capturing_logger, consul_backend, events, tcp_service
 

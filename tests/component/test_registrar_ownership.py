@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from sutazai_agent.config import ConsulConfig
-from sutazai_agent.consul.client import AgentCheck, AgentService, ConsulClient
+from sutazai_agent.consul.client import ConsulClient
 from sutazai_agent.consul.registrar import ConsulRegistrar
+from sutazai_agent.consul.types import AgentCheck, AgentService
 from sutazai_agent.core.model import State
 from sutazai_agent.web.metrics import Metrics
 from tests.component.consul_backends import (

@@ -8,14 +8,6 @@ import random
 import pytest
 
 from sutazai_agent.config import ConsulConfig, HttpService, TcpService
-from sutazai_agent.consul.client import (
-    AgentCheck,
-    AgentService,
-    ConsulError,
-    ConsulNotFoundError,
-    ConsulPermissionError,
-    ConsulUnavailableError,
-)
 from sutazai_agent.consul.ledger import (
     BeatSchedule,
     Entry,
@@ -31,6 +23,14 @@ from sutazai_agent.consul.ledger import (
     seed_state,
 )
 from sutazai_agent.consul.passlog import PassLog
+from sutazai_agent.consul.types import (
+    AgentCheck,
+    AgentService,
+    ConsulError,
+    ConsulNotFoundError,
+    ConsulPermissionError,
+    ConsulUnavailableError,
+)
 from sutazai_agent.core.model import State
 
 
