@@ -45,15 +45,17 @@ from sutazai_agent.consul.client import ConsulClient
 from sutazai_agent.consul.group import Membership
 from sutazai_agent.consul.kv import ConsulKv
 from sutazai_agent.consul.registrar import ConsulRegistrar
-from sutazai_agent.core.model import ProbeResult, State, format_time, os_reason, utcnow
+from sutazai_agent.core.model import ProbeResult, State, os_reason, utcnow
 from sutazai_agent.core.protocols import Clock, Probe
 from sutazai_agent.core.scheduler import Job, Scheduler
 from sutazai_agent.events.outbox import SqliteOutbox
 from sutazai_agent.events.publisher import RabbitPublisher
 from sutazai_agent.logs import LoopExceptionLogger
 from sutazai_agent.monitor import Monitor
+from sutazai_agent.ownership import OwnedServices
 from sutazai_agent.probes import build_probe, make_session, run_probe
 from sutazai_agent.reload import Reloader
+from sutazai_agent.status import Parts, agent_status
 from sutazai_agent.web.metrics import Metrics
 from sutazai_agent.web.server import WebServer, make_app
 
@@ -110,10 +112,7 @@ class Agent:
         self._membership: Membership | None = None
         self._publisher: RabbitPublisher | None = None
         self._outbox: SqliteOutbox | None = None
-        self._owned: frozenset[str] = frozenset()
-        self._turns: dict[str, int] = {}
-        """Per service, how often its ownership changed: a probe started before a change
-        is not recorded after it."""
+        self._owners: OwnedServices | None = None
         self.http_port: int | None = None
         self.reloader = Reloader(self._load_config, self.apply_config, self.metrics)
 
@@ -205,11 +204,8 @@ class Agent:
             self._outbox, self._registrar, self._publisher = outbox, registrar, publisher
             self._monitor = monitor
             self._specs = service_specs(config, selected)
-            self._turns = dict.fromkeys(self._specs, 0)
-            self._owned = frozenset(name for name in self._specs if membership.owns(name))
-            for name in self._specs:
-                if name not in self._owned:  # a group member before it knows the members
-                    monitor.release(name, await_seed=False)
+            self._owners = OwnedServices(membership, monitor, self.metrics)
+            self._owners.start(self._specs)
             for spec in self._specs.values():
                 self.scheduler.add(spec.name, spec.interval_s, self._job(spec))
             listen = config.http
@@ -308,9 +304,10 @@ class Agent:
                 return  # another member's (or the holder's, as standby): probe nothing
             if monitor.awaiting_seed(name):
                 return  # just taken over: start from what Consul shows
-            turn = self._turns.get(name)
+            owners = self._owners
+            turn = None if owners is None else owners.turn(name)
             result: ProbeResult = await run_probe(probe, timeout_s)
-            if self._turns.get(name) == turn:
+            if owners is None or owners.turn(name) == turn:
                 monitor.record(name, result, service)
 
         return job
@@ -372,32 +369,13 @@ class Agent:
 
     def _regroup(self) -> None:
         """The role or the group's members changed: act on what this agent owns now."""
-        membership, monitor = self._membership, self._monitor
-        if membership is None:
+        if self._owners is None:
             return
-        services = [spec.service for spec in self._specs.values()]
-        owned = frozenset(s.name for s in services if membership.owns(s.name))
-        if monitor is not None:
-            for service in services:
-                name = service.name
-                if name not in self._turns:  # added by a reload: its first probe decides
-                    self._turns[name] = 0
-                    if name not in owned:
-                        monitor.release(name, await_seed=False)
-                    continue
-                if (name in owned) is (name in self._owned):
-                    continue
-                self._turns[name] += 1
-                monitor.release(name, await_seed=name in owned)
-                if name in owned and not service.register_service:
-                    monitor.seed(name, None)  # never in Consul: nothing to start from
-        self._owned = owned
+        self._owners.regroup(spec.service for spec in self._specs.values())
         if self._registrar is not None:
             self._registrar.regroup()
-        if membership.role == "standby":
+        if self._owners.standby:
             self._ready = False
-        self.metrics.group_members.set(len(membership.members))
-        self.metrics.owned_services.set(len(owned))
 
     def _seed(self, service_name: str, state: State | None) -> None:
         if self._monitor is not None:
@@ -422,59 +400,11 @@ class Agent:
             )
         return self._ready
 
-    def _consul_status(self) -> dict[str, Any]:
-        status = {} if self._registrar is None else self._registrar.status()
-        if self._membership is not None and not status.get("last_error"):
-            status["last_error"] = self._membership.last_error
-        return status
-
-    def _services(self) -> list[dict[str, Any]]:
-        if self._monitor is None:
-            return []
-        services = self._monitor.snapshot()
-        if self._membership is not None:
-            for service in services:
-                service["owner"] = self._membership.owner(service["name"])
-        return services
-
     def status(self) -> dict[str, Any]:
-        tick = self.scheduler.last_tick
-        return {
-            "agent": {
-                "id": self.config.agent_id,
-                "version": __version__,
-                "started_at": format_time(self.started_at),
-                **({} if self._membership is None else self._membership.status()),
-            },
-            "services": self._services(),
-            "consul": self._consul_status(),
-            "rabbitmq": {} if self._publisher is None else self._publisher.status(),
-            "outbox": {}
-            if self._outbox is None or self._monitor is None
-            else {
-                "pending": self._outbox.pending(),
-                "max_events": self.config.outbox.max_events,
-                "epoch": self._outbox.epoch,
-                **self._monitor.outbox_status(),
-            },
-            "scheduler": {
-                "dispatched": self.scheduler.dispatched,
-                "skipped": self.scheduler.skipped,
-                "last_tick_age_s": None if tick is None else round(self._clock() - tick, 3),
-            },
-        }
-
-
-async def check_once(config: AgentConfig) -> list[tuple[ServiceConfig, ProbeResult]]:
-    """Probe every service once, concurrently (the ``check`` command): ``max_concurrency``
-    probes at most in flight, as the daemon's scheduler allows."""
-    slots = asyncio.Semaphore(config.max_concurrency)
-    async with make_session(config.max_concurrency) as session:
-
-        async def one(service: ServiceConfig) -> tuple[ServiceConfig, ProbeResult]:
-            timeout_s = config.timeout_for(service)
-            async with slots:
-                result = await run_probe(build_probe(service, session, timeout_s), timeout_s)
-            return service, result
-
-        return list(await asyncio.gather(*(one(s) for s in config.services)))
+        return agent_status(
+            self.config,
+            self.started_at,
+            self.scheduler,
+            self._clock,
+            Parts(self._membership, self._monitor, self._registrar, self._publisher, self._outbox),
+        )

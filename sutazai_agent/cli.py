@@ -155,7 +155,7 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 
 
 async def _check(cfg: config.AgentConfig, as_json: bool, out: TextIO) -> int:
-    from sutazai_agent.app import check_once
+    from sutazai_agent.check import check_once
 
     results = await check_once(cfg)
     rows = [

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from sutazai_agent.app import check_once
+from sutazai_agent.check import check_once
 from sutazai_agent.config import AgentConfig
 from sutazai_agent.core.model import Outcome
 
