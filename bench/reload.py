@@ -191,6 +191,7 @@ def main() -> None:
     args = p.parse_args()
     # What bench.throughput's agent_config reads.
     args.kind, args.register, args.agent_extra = "http", True, "{}"
+    args.register_max = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.smoke:
         args.services, args.churn, args.rounds = 30, 3, 2
