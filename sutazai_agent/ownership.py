@@ -59,5 +59,8 @@ class OwnedServices:
             if name in owned and not service.register_service:
                 monitor.seed(name, None)  # never in Consul: nothing to start from
         self._owned = owned
+        # A service a reload removed is forgotten: added back later, it starts afresh.
+        configured = {s.name for s in services}
+        self._turns = {name: n for name, n in self._turns.items() if name in configured}
         self._metrics.group_members.set(len(membership.members))
         self._metrics.owned_services.set(len(owned))

@@ -112,6 +112,9 @@ def test_reload_smoke_prints_rounds_and_the_summary() -> None:
     for row in rounds:
         for figure in ("apply_ms=", "seen_ms=", "skipped=", "added_probed=", "deregistered="):
             assert figure in row
+        # Every added service is probed within an interval, also one a reload added back.
+        probed = row.split("added_probed=")[1].split()[0]
+        assert probed == "3/3", row
     (summary,) = lines(out, "reload ")
     assert "apply_ms_median=" in summary
     assert "skipped=" in summary
