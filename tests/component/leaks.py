@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import pytest
 
 POLLS = 250
 """Readings, 20 ms apart (5 s), before a count that does not settle is taken as it is."""
@@ -43,3 +46,23 @@ async def _steady(readings: int = 25) -> int:
         if same == readings:
             break
     return count
+
+
+class Connectable(Protocol):
+    connected: asyncio.Event
+
+
+def cancelled_once_connected(
+    probe: Callable[[], Awaitable[object]], server: Connectable
+) -> Callable[[], Awaitable[None]]:
+    """A run that starts ``probe`` against a silent server and cancels it once connected."""
+
+    async def run() -> None:
+        server.connected.clear()
+        task = asyncio.ensure_future(probe())
+        await server.connected.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    return run

@@ -3,7 +3,6 @@ on a free loopback port (plaintext, and TLS with a throwaway trustme CA)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from sutazai_agent.core.model import Outcome
 from sutazai_agent.core.protocols import Probe
 from sutazai_agent.probes import build_probe, run_probe
 from tests.component.conftest import HangingServer, RawServer
-from tests.component.leaks import fd_growth
+from tests.component.leaks import cancelled_once_connected, fd_growth
 
 TIMEOUT_S = 2.0
 Status = health_pb2.HealthCheckResponse
@@ -205,13 +204,7 @@ async def test_no_descriptor_leaks_on_refusal_timeout_or_cancellation(
     hanging = probe_for(session, hanging_server.port, 0.05)
     up = probe_for(session, port)
 
-    async def cancelled() -> None:
-        hanging_server.connected.clear()
-        task = asyncio.create_task(hanging.probe())
-        await hanging_server.connected.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    cancelled = cancelled_once_connected(hanging.probe, hanging_server)
 
     assert await fd_growth(refused.probe, 30) <= 0
     assert await fd_growth(hanging.probe, 20) <= 0

@@ -4,7 +4,6 @@ throwaway cluster the test starts (``initdb``) with password authentication (scr
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import os
 import shutil
@@ -22,7 +21,7 @@ from sutazai_agent.core.model import Outcome
 from sutazai_agent.core.protocols import Probe
 from sutazai_agent.probes import build_probe, run_probe
 from tests.component.conftest import HangingServer
-from tests.component.leaks import fd_growth
+from tests.component.leaks import cancelled_once_connected, fd_growth
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 PASSWORD = "probe-secret-9"
@@ -187,13 +186,7 @@ async def test_no_descriptor_leaks_on_refusal_timeout_or_cancellation(
     hanging = probe_for(session, hanging_dsn, timeout_s=0.05)
     up = probe_for(session, f"{POSTGRES}/postgres", primary=True)
 
-    async def cancelled() -> None:
-        hanging_server.connected.clear()
-        task = asyncio.create_task(hanging.probe())
-        await hanging_server.connected.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    cancelled = cancelled_once_connected(hanging.probe, hanging_server)
 
     assert await fd_growth(refused.probe, 50) <= 0
     assert await fd_growth(hanging.probe, 20) <= 0

@@ -3,7 +3,6 @@ by the test (one with a password, one replica of a dead master) and small fake s
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from sutazai_agent.core.model import Outcome
 from sutazai_agent.core.protocols import Probe
 from sutazai_agent.probes import build_probe, run_probe
 from tests.component.conftest import HangingServer, RawServer
-from tests.component.leaks import fd_growth
+from tests.component.leaks import cancelled_once_connected, fd_growth
 
 REDIS = "redis://127.0.0.1:6379"
 PASSWORD = "probe-secret-7"
@@ -246,13 +245,7 @@ async def test_no_descriptor_leaks_on_refusal_timeout_or_cancellation(
     hanging = probe_for(session, f"redis://127.0.0.1:{hanging_server.port}/0", 0.05)
     up = probe_for(session, f"{REDIS}/0")
 
-    async def cancelled() -> None:
-        hanging_server.connected.clear()
-        task = asyncio.create_task(hanging.probe())
-        await hanging_server.connected.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    cancelled = cancelled_once_connected(hanging.probe, hanging_server)
 
     assert await fd_growth(refused.probe, 50) <= 0
     assert await fd_growth(hanging.probe, 20) <= 0
