@@ -55,6 +55,15 @@ from sutazai_agent.web.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
+OUTAGE_RETRY_CAP_S = 5.0
+"""The longest wait between two connection attempts while the broker is down. It is also how
+late the first event can leave once the broker is back after a long outage, when no robust
+connection is there to announce it (the agent started or reconnected during the outage)."""
+
+HOLD_RETRY_CAP_S = 15.0
+"""The longest wait before re-sending a service's event the broker rejected: each retry also
+reaches the queues that accepted it, so rejected events are retried more slowly."""
+
 
 class RabbitPublisher:
     """Implements the ``Publisher`` role. Start ``run()`` as a task; ``flush()`` at shutdown."""
@@ -72,7 +81,8 @@ class RabbitPublisher:
         connect_timeout_s: float = 10.0,
         reconnect_interval_s: float = 2.0,
         min_backoff_s: float = 0.5,
-        max_backoff_s: float = 15.0,
+        max_backoff_s: float = OUTAGE_RETRY_CAP_S,
+        max_hold_s: float = HOLD_RETRY_CAP_S,
         idle_poll_s: float = 5.0,
     ) -> None:
         self._url = config.url
@@ -108,7 +118,7 @@ class RabbitPublisher:
         self._ack_outage = Outage()
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
-        self._holds = Holds(min_backoff_s, max_backoff_s)
+        self._holds = Holds(min_backoff_s, max_hold_s)
         self._unacked: list[str] = []
 
     # --- Publisher role -------------------------------------------------------------------

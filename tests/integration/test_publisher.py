@@ -341,6 +341,37 @@ async def test_broker_outage_events_wait_and_arrive_in_order(
     assert [e["event"] for e in logs].count("event_publisher_recovered") == 1
 
 
+class PauseRecorder(RabbitPublisher):
+    """Records each back-off the publisher asks for, and skips the wait."""
+
+    pauses: list[float]
+
+    async def _pause(self, delay_s: float) -> None:
+        self.pauses.append(delay_s)
+        await asyncio.sleep(0)
+
+
+async def test_a_long_broker_outage_is_retried_at_least_every_five_seconds(
+    exchange: str, outbox: SqliteOutbox, metrics: Metrics, proxy: TcpProxy
+) -> None:
+    """After a long outage with no robust connection to announce the broker's return (the
+    agent started during it), the first event leaves within one retry: the default cap."""
+    await proxy.cut()
+    publisher = PauseRecorder(
+        RabbitmqConfig(url=proxy.url("amqp", "guest:guest"), exchange=exchange),
+        "it",
+        outbox,
+        metrics,
+        connect_timeout_s=5.0,
+    )
+    publisher.pauses = []
+    await outbox.append(flips("kong", 1))
+    async with running(publisher):
+        await until(lambda: len(publisher.pauses) >= 12, "a dozen failed attempts")
+    assert max(publisher.pauses) <= 5.0
+    assert max(publisher.pauses[-4:]) >= 2.5, "the back-off still grows to its cap"
+
+
 async def test_full_outbox_during_outage_drops_the_oldest(
     bind: Callable[..., Any], exchange: str, tmp_path: Path, metrics: Metrics, proxy: TcpProxy
 ) -> None:
