@@ -4,6 +4,7 @@ The group membership (``consul.group``) answers who owns a service; this keeps t
 side of it: the monitor stops recording a service it gave away and, for one it took over,
 waits for the state Consul shows (a handover is not a health change). Each change of a
 service's ownership is a new turn: a probe started in an earlier turn is not recorded.
+``/metrics`` carries the per-service series of the services it owns only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class OwnedServices:
         for name in self._turns:
             if name not in self._owned:
                 self._monitor.release(name, await_seed=False)
+        self._metrics.hide(n for n in self._turns if n not in self._owned)
 
     def turn(self, name: str) -> int | None:
         return self._turns.get(name)
@@ -62,5 +64,6 @@ class OwnedServices:
         # A service a reload removed is forgotten: added back later, it starts afresh.
         configured = {s.name for s in services}
         self._turns = {name: n for name, n in self._turns.items() if name in configured}
+        self._metrics.hide(configured - owned)
         self._metrics.group_members.set(len(membership.members))
         self._metrics.owned_services.set(len(owned))

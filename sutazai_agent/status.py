@@ -65,8 +65,11 @@ def agent_status(
 
 def _consul(parts: Parts) -> dict[str, Any]:
     status = {} if parts.registrar is None else parts.registrar.status()
-    if parts.membership is not None and not status.get("last_error"):
-        status["last_error"] = parts.membership.last_error
+    if parts.membership is not None:
+        if not status.get("last_error"):
+            status["last_error"] = parts.membership.last_error
+        if parts.membership.role == "standby":  # its registrar writes nothing, asks nothing
+            status["reachable"] = parts.membership.reachable
     return status
 
 

@@ -80,6 +80,9 @@ class Membership:
         self._backoff = Backoff(cap_s=self.ttl_s / 2)
         self._outage = False
         self.last_error: str | None = None
+        self.reachable = False
+        """Consul answered this agent's last call (a standby writes nothing, so its registrar
+        never calls Consul: this is what ``/status`` shows for it)."""
         self._closed = asyncio.Event()
         self._members_index = 0
         self._members_known = False
@@ -162,6 +165,7 @@ class Membership:
                 self._session, self._held, self._member_held = None, False, False
                 return 0.0
             self._renewed_at = now
+        self.reachable = True  # before a standby's watch blocks; ``_recovered`` after a step
         session = self._session
         if not self._held:
             if not await self._acquire(identity_key(self.agent_id), session):
@@ -234,6 +238,7 @@ class Membership:
             self._on_change()
 
     def _recovered(self) -> None:
+        self.reachable = True
         if self._outage:
             self._outage = False
             self.last_error = None
@@ -241,6 +246,7 @@ class Membership:
 
     def _failed(self, exc: ConsulError) -> float:
         self.last_error = str(exc)
+        self.reachable = outage_kind(exc) != "unreachable"  # a 403 or a 400 is an answer
         if not self._outage:
             self._outage = True
             level, event, extra = OUTAGE_LOG[outage_kind(exc)]  # one line per outage

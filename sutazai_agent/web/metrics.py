@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -115,6 +115,10 @@ class ServiceFamilies:
         self.bounds = tuple(float(b) for b in buckets_s) if histogram else ()
         self._le = [_go_float(b) for b in (*self.bounds, math.inf)]
         self.series: dict[str, ServiceSeries] = {}
+        self.hidden: frozenset[str] = frozenset()
+        """Services another agent owns (a group's other members, the holder of a standby's
+        id): not exported, so that summing ``service_up`` over a fleet counts each service
+        once. Their series are kept: counters go on where they were if they come back."""
 
     def get(self, name: str, kind: str) -> ServiceSeries:
         series = self.series.get(name)
@@ -135,7 +139,13 @@ class ServiceFamilies:
         return self._families([])
 
     def collect(self) -> list[Metric]:
-        return self._families(list(self.series.values()))
+        return self._families(self._exported())
+
+    def _exported(self) -> list[ServiceSeries]:
+        hidden = self.hidden
+        if not hidden:
+            return list(self.series.values())
+        return [s for s in self.series.values() if s.name not in hidden]
 
     def _families(self, all_series: list[ServiceSeries]) -> list[Metric]:
         up = GaugeMetricFamily(UP, HELP[UP], labels=["service"])
@@ -171,7 +181,7 @@ class ServiceFamilies:
         final ``# EOF``) in pieces of at most ``size`` services, so that a caller on the event
         loop can let the probes run between them. Reads a snapshot of the service list; a
         histogram's +Inf bucket and count come from the same reads."""
-        all_series = list(self.series.values())
+        all_series = self._exported()
         slices = [all_series[i : i + size] for i in range(0, len(all_series), size)] or [[]]
         counter_suffix = "" if openmetrics else "_total"
         latency: tuple[str, str, str, Callable[[ServiceSeries, Add], None]] = (
@@ -366,6 +376,11 @@ class Metrics:
     def service(self, name: str, kind: str) -> ServiceSeries:
         """The series of one service, created (all at 0, state unknown) on first use."""
         return self.services.get(name, kind)
+
+    def hide(self, names: Iterable[str]) -> None:
+        """Export no per-service series of ``names`` (only these) from now on: services
+        another agent owns (see ``ServiceFamilies.hidden``)."""
+        self.services.hidden = frozenset(names)
 
     def forget(self, name: str) -> None:
         """Drop every per-service series of ``name`` (a service no longer configured)."""

@@ -27,6 +27,14 @@ def config(consul: FakeConsul, tap: EventTap, services: list[dict[str, Any]], **
     return cfg
 
 
+def exported(metrics: str) -> set[str]:
+    """The services with a ``service_up`` series in an exposition."""
+    prefix = 'sutazai_agent_service_up{service="'
+    return {
+        ln[len(prefix) :].split('"', 1)[0] for ln in metrics.splitlines() if ln.startswith(prefix)
+    }
+
+
 def registered_by(consul: FakeConsul) -> dict[str, str]:
     return {sid: s.meta.get("agent-id", "") for sid, s in consul.services.items()}
 
@@ -55,6 +63,9 @@ async def test_a_second_agent_with_the_same_id_waits_and_takes_over(
 
             await eventually(waiting, 20, standby.log_tail())
             assert (await standby.get("/readyz"))[0] == 503
+            assert (await standby.status())["consul"]["reachable"] is True
+            assert exported(await standby.metrics()) == set(), "the holder exports db, once"
+            assert exported(await holder.metrics()) == {"db"}
             assert (await holder.status())["agent"]["role"] == "active"
             probes = [ln for ln in standby.logs() if ln["event"] == "service_state_changed"]
             assert probes == [], "a standby probes nothing"
@@ -100,6 +111,9 @@ async def test_a_group_splits_services_and_survivors_take_over_a_killed_member(
             await eventually(lambda: split(ids), 40, agents[0].log_tail())
             status = await agents[1].status()
             assert status["agent"]["members"] == ids
+            for agent_id, agent in zip(ids, agents, strict=True):
+                mine = {n for n in names if owner(n, ids) == agent_id}
+                assert exported(await agent.metrics()) == mine, "each service exported once"
             assert {s["name"]: s["owner"] for s in status["services"]} == {
                 n: owner(n, ids) for n in names
             }

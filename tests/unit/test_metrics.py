@@ -62,6 +62,21 @@ def test_fast_openmetrics_parses_and_ends_with_eof() -> None:
     assert {"sutazai_agent_probes", "sutazai_agent_probe_duration_seconds"} <= names
 
 
+def test_services_another_agent_owns_are_not_exported_and_come_back_where_they_were() -> None:
+    metrics = busy_metrics()
+    metrics.hide(["db"])
+    for text in (exposition(metrics).decode(), generate_latest(metrics.registry).decode()):
+        assert 'service="db"' not in text
+        assert 'sutazai_agent_service_up{service="web"} 0.0' in text
+    metrics.observe_probe("db", "tcp", Outcome.OK, 0.004)  # a late probe of the old owner
+    metrics.hide([])
+    fast = exposition(metrics).decode()
+    assert samples(parse_text(fast)) == samples(
+        parse_text(generate_latest(metrics.registry).decode())
+    )
+    assert 'sutazai_agent_probes_total{kind="tcp",result="ok",service="db"} 3.0' in fast
+
+
 def test_bucket_count_sets_the_series_per_service() -> None:
     metrics = busy_metrics(buckets=())
     text = exposition(metrics).decode()
