@@ -25,6 +25,6 @@ def missing_extra(kind: str) -> str | None:
         try:
             importlib.import_module(module)
         except ImportError:
-            install = f"pip install 'sutazai-agent[{extra}]'"
-            return f"the {kind} probe needs the {extra!r} extra: {install}"
+            install = f"pip install '.[{extra}]' in the agent's source directory"
+            return f"the {kind} probe needs the {extra!r} extra: {install} (the image has it)"
     return None

@@ -50,7 +50,18 @@ CONFIG_CASES: list[tuple[str, dict[str, Any] | str | None, dict[str, str], str]]
     ("missing file", None, {}, "No such file or directory"),
     ("invalid YAML", "services: [unclosed", {}, "invalid YAML"),
     ("top level is a list", "- a\n- b\n", {}, "the top level must be a mapping"),
-    ("unknown field (typo)", {**BASE, "intervall_s": 5}, {}, "intervall_s: Extra inputs"),
+    (
+        "unknown field (typo)",
+        {**BASE, "intervall_s": 5},
+        {},
+        "intervall_s: no such setting; did you mean 'interval_s'?",
+    ),
+    (
+        "unknown service field (typo)",
+        with_services({**TCP, "timout_s": 1}),
+        {},
+        "services[0].timout_s: no such setting; did you mean 'timeout_s'?",
+    ),
     ("negative interval", {**BASE, "interval_s": -1}, {}, "interval_s: Input should be greater"),
     ("interval not a number", {**BASE, "interval_s": "ten"}, {}, "interval_s: Input should be"),
     (
@@ -184,7 +195,12 @@ CONFIG_CASES: list[tuple[str, dict[str, Any] | str | None, dict[str, str], str]]
         "consul.ca_file: no such file: /nonexistent/ca.pem",
     ),
     ("empty exchange name", {**BASE, "rabbitmq": {"exchange": ""}}, {}, "rabbitmq.exchange:"),
-    ("bad env override", BASE, {"SUTAZAI_AGENT_INTERVAL_S": "abc"}, "interval_s:"),
+    (
+        "bad env override",
+        BASE,
+        {"SUTAZAI_AGENT_INTERVAL_S": "abc"},
+        "as a number (set by SUTAZAI_AGENT_INTERVAL_S)",
+    ),
     (
         "bad nested env override",
         BASE,

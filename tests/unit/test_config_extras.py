@@ -137,7 +137,7 @@ def test_a_kind_whose_extra_is_missing_is_a_configuration_error(
     assert cli.main(["--config", write(tmp_path, data), "config"]) == 2
 
     kind = service["kind"]
-    install = f"pip install 'sutazai-agent[{extra}]'"
+    install = f"pip install '.[{extra}]' in the agent's source directory (the image has it)"
     assert capsys.readouterr().err.splitlines()[1:] == [
         f"services[1].kind: the {kind} probe needs the {extra!r} extra: {install}"
     ]
@@ -167,7 +167,7 @@ def test_the_agent_without_the_extras_refuses_the_kind_and_runs_the_rest(
     assert refused.returncode == 2
     assert refused.stderr.splitlines()[-1] == (
         "services[0].kind: the postgres probe needs the 'postgres' extra: "
-        "pip install 'sutazai-agent[postgres]'"
+        "pip install '.[postgres]' in the agent's source directory (the image has it)"
     )
     assert "Traceback" not in refused.stderr
 
