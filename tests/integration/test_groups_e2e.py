@@ -4,6 +4,8 @@ daemons as processes and the fake Consul over HTTP (real clock: sessions of 10 s
 from __future__ import annotations
 
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,39 @@ def config(consul: FakeConsul, tap: EventTap, services: list[dict[str, Any]], **
     )
     cfg.update(extra)
     return cfg
+
+
+def tcp_services(target: TcpTarget, count: int) -> tuple[list[str], list[dict[str, Any]]]:
+    names = [f"svc-{i}" for i in range(count)]
+    return names, [
+        {"name": n, "kind": "tcp", "host": "127.0.0.1", "port": target.port} for n in names
+    ]
+
+
+@asynccontextmanager
+async def group(
+    consul: FakeConsul,
+    tap: EventTap,
+    services: list[dict[str, Any]],
+    ids: list[str],
+    tmp_path: Path,
+    *,
+    start: int | None = None,
+) -> AsyncIterator[list[AgentProcess]]:
+    """Members of group ``g`` (each with its own ``state_dir``), the first ``start`` (all by
+    default) started; every one is killed on the way out."""
+    agents = []
+    for agent_id in ids:
+        (tmp_path / agent_id).mkdir()
+        cfg = config(consul, tap, services, agent_id=agent_id, group="g")
+        agents.append(AgentProcess(cfg, tmp_path / agent_id))
+    for agent in agents[:start]:
+        agent.start()
+    try:
+        yield agents
+    finally:
+        for agent in agents:
+            agent.kill()
 
 
 def exported(metrics: str) -> set[str]:
@@ -88,45 +123,31 @@ async def test_a_second_agent_with_the_same_id_waits_and_takes_over(
 async def test_a_group_splits_services_and_survivors_take_over_a_killed_member(
     tmp_path: Path, tap: EventTap, tcp_target: TcpTarget
 ) -> None:
-    names = [f"svc-{i}" for i in range(30)]
-    services = [
-        {"name": n, "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port} for n in names
-    ]
+    names, services = tcp_services(tcp_target, 30)
     ids = ["m1", "m2", "m3"]
-    async with FakeConsul() as consul:
-        agents = []
-        for agent_id in ids:
-            (tmp_path / agent_id).mkdir()
-            cfg = config(consul, tap, services, agent_id=agent_id, group="g")
-            agents.append(AgentProcess(cfg, tmp_path / agent_id))
-        for agent in agents:
-            agent.start()
-        try:
+    async with FakeConsul() as consul, group(consul, tap, services, ids, tmp_path) as agents:
 
-            async def split(live: list[str]) -> bool:
-                by = registered_by(consul)
-                want = {n: owner(n, live) for n in names}
-                return by == want and sorted(consul.passing(names[0])) == [names[0]]
+        async def split(live: list[str]) -> bool:
+            by = registered_by(consul)
+            want = {n: owner(n, live) for n in names}
+            return by == want and sorted(consul.passing(names[0])) == [names[0]]
 
-            await eventually(lambda: split(ids), 40, agents[0].log_tail())
-            status = await agents[1].status()
-            assert status["agent"]["members"] == ids
-            for agent_id, agent in zip(ids, agents, strict=True):
-                mine = {n for n in names if owner(n, ids) == agent_id}
-                assert exported(await agent.metrics()) == mine, "each service exported once"
-            assert {s["name"]: s["owner"] for s in status["services"]} == {
-                n: owner(n, ids) for n in names
-            }
+        await eventually(lambda: split(ids), 40, agents[0].log_tail())
+        status = await agents[1].status()
+        assert status["agent"]["members"] == ids
+        for agent_id, agent in zip(ids, agents, strict=True):
+            mine = {n for n in names if owner(n, ids) == agent_id}
+            assert exported(await agent.metrics()) == mine, "each service exported once"
+        assert {s["name"]: s["owner"] for s in status["services"]} == {
+            n: owner(n, ids) for n in names
+        }
 
-            agents[2].signal(signal.SIGKILL)
-            agents[2].wait(10)
-            took = await eventually(lambda: split(ids[:2]), BOUND_S + 10, agents[0].log_tail())
-            assert took <= BOUND_S + 2
-            for agent in agents[:2]:
-                assert agent.stop() == 0, agent.log_tail()
-        finally:
-            for agent in agents:
-                agent.kill()
+        agents[2].signal(signal.SIGKILL)
+        agents[2].wait(10)
+        took = await eventually(lambda: split(ids[:2]), BOUND_S + 10, agents[0].log_tail())
+        assert took <= BOUND_S + 2
+        for agent in agents[:2]:
+            assert agent.stop() == 0, agent.log_tail()
 
 
 @pytest.mark.timeout(115)
@@ -135,62 +156,45 @@ async def test_a_takeover_announces_nothing_for_services_that_stay_healthy(
 ) -> None:
     """A handover is not a health change: after a member is killed, its healthy services
     are taken over with no ``.down`` and no second ``.up`` at a consumer."""
-    names = [f"svc-{i}" for i in range(12)]
-    services = [
-        {"name": n, "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port} for n in names
-    ]
+    names, services = tcp_services(tcp_target, 12)
     ids = ["m1", "m2", "m3"]
-    async with FakeConsul() as consul:
-        agents = []
-        for agent_id in ids:
-            (tmp_path / agent_id).mkdir()
-            cfg = config(consul, tap, services, agent_id=agent_id, group="g")
-            agents.append(AgentProcess(cfg, tmp_path / agent_id))
-        for agent in agents:
-            agent.start()
-        try:
+    async with FakeConsul() as consul, group(consul, tap, services, ids, tmp_path) as agents:
 
-            async def settled(live: list[str]) -> bool:
-                if registered_by(consul) != {n: owner(n, live) for n in names}:
+        async def settled(live: list[str]) -> bool:
+            if registered_by(consul) != {n: owner(n, live) for n in names}:
+                return False
+            if sorted(sid for n in names for sid in consul.passing(n)) != sorted(names):
+                return False
+            for agent in agents[: len(live)]:
+                status = await agent.status()
+                if status["outbox"]["pending"]:
                     return False
-                if sorted(sid for n in names for sid in consul.passing(n)) != sorted(names):
-                    return False
-                for agent in agents[: len(live)]:
-                    status = await agent.status()
-                    if status["outbox"]["pending"]:
+                for s in status["services"]:
+                    if s["owner"] == agent.config["agent_id"] and s["state"] != "up":
                         return False
-                    for s in status["services"]:
-                        if s["owner"] == agent.config["agent_id"] and s["state"] != "up":
-                            return False
-                return all(("unknown", "up") in tap.transitions(n) for n in names)
+            return all(("unknown", "up") in tap.transitions(n) for n in names)
 
-            await eventually(lambda: settled(ids), 40, agents[0].log_tail())
-            before = len(tap.received)
-            taken = [n for n in names if owner(n, ids) == "m3"]
-            assert taken, "m3 owns some of the services"
+        await eventually(lambda: settled(ids), 40, agents[0].log_tail())
+        before = len(tap.received)
+        taken = [n for n in names if owner(n, ids) == "m3"]
+        assert taken, "m3 owns some of the services"
 
-            agents[2].signal(signal.SIGKILL)
-            agents[2].wait(10)
-            await eventually(lambda: settled(ids[:2]), BOUND_S + 10, agents[0].log_tail())
-            after = [(key, e["data"]["agent_id"]) for key, e in tap.received[before:]]
-            assert after == [], f"a handover announced {after}"
-            downs = [key for key, _ in tap.received if key.endswith(".down")]
-            assert downs == []
-            for agent in agents[:2]:
-                assert agent.stop() == 0, agent.log_tail()
-        finally:
-            for agent in agents:
-                agent.kill()
+        agents[2].signal(signal.SIGKILL)
+        agents[2].wait(10)
+        await eventually(lambda: settled(ids[:2]), BOUND_S + 10, agents[0].log_tail())
+        after = [(key, e["data"]["agent_id"]) for key, e in tap.received[before:]]
+        assert after == [], f"a handover announced {after}"
+        downs = [key for key, _ in tap.received if key.endswith(".down")]
+        assert downs == []
+        for agent in agents[:2]:
+            assert agent.stop() == 0, agent.log_tail()
 
 
 @pytest.mark.timeout(115)
 async def test_a_fourth_member_takes_only_its_share_and_never_a_foreign_registration(
     tmp_path: Path, tap: EventTap, tcp_target: TcpTarget
 ) -> None:
-    names = [f"svc-{i}" for i in range(30)]
-    services = [
-        {"name": n, "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port} for n in names
-    ]
+    names, services = tcp_services(tcp_target, 30)
     foreign = {"ID": "svc-7", "Name": "svc-7", "Port": 9999, "Meta": {"owner": "platform"}}
     ids = ["m1", "m2", "m3", "m4"]
     async with FakeConsul() as consul:
@@ -198,14 +202,7 @@ async def test_a_fourth_member_takes_only_its_share_and_never_a_foreign_registra
             resp = await http.put(f"{consul.url}/v1/agent/service/register", json=foreign)
             assert resp.status == 200
         mine = [n for n in names if n != "svc-7"]
-        agents = []
-        for agent_id in ids:
-            (tmp_path / agent_id).mkdir()
-            cfg = config(consul, tap, services, agent_id=agent_id, group="g")
-            agents.append(AgentProcess(cfg, tmp_path / agent_id))
-        for agent in agents[:3]:
-            agent.start()
-        try:
+        async with group(consul, tap, services, ids, tmp_path, start=3) as agents:
 
             async def split(live: list[str]) -> bool:
                 by = registered_by(consul)
@@ -235,19 +232,13 @@ async def test_a_fourth_member_takes_only_its_share_and_never_a_foreign_registra
             assert repeated == [], "a join is not a health change"
             for agent in agents:
                 assert agent.stop() == 0, agent.log_tail()
-        finally:
-            for agent in agents:
-                agent.kill()
 
 
 @pytest.mark.timeout(60)
 async def test_a_group_member_announces_nothing_while_consul_is_unreachable_at_start(
     tmp_path: Path, tap: EventTap, tcp_target: TcpTarget
 ) -> None:
-    services = [
-        {"name": f"svc-{i}", "kind": "tcp", "host": "127.0.0.1", "port": tcp_target.port}
-        for i in range(4)
-    ]
+    _, services = tcp_services(tcp_target, 4)
     async with FakeConsul() as consul:
         await consul.stop()  # same port when started again
         member = AgentProcess(config(consul, tap, services, agent_id="m1", group="g"), tmp_path)
