@@ -781,6 +781,9 @@ class Soak:
                 "samples": self.watch.samples,
                 "bound_s": round(self.watch.bound_s, 1),
                 "violations": len(self.watch.worst),
+                "longest": None
+                if self.watch.longest is None
+                else (self.watch.longest[0], round(self.watch.longest[1], 1)),
                 "worst": sorted(
                     ((name, round(age, 1)) for name, age in self.watch.worst.items()),
                     key=lambda item: -item[1],
@@ -1072,7 +1075,7 @@ def report(preset: Preset, soak: Soak, result: dict[str, Any]) -> bool:
         "5-consul-truth",
         t["violations"] == 0 and t["samples"] > 0,
         f"passing_while_failing_beyond_bound={t['violations']} bound_s={t['bound_s']} "
-        f"samples={t['samples']} worst={t['worst']}",
+        f"samples={t['samples']} longest_disagreement={t['longest']} worst={t['worst']}",
     )
     line(
         "6-no-resend",

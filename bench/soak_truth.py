@@ -99,6 +99,8 @@ class ConsulWatch:
     failing_since: dict[str, float] = field(default_factory=dict)
     worst: dict[str, float] = field(default_factory=dict)
     """Per service, the longest it was seen passing while failing (unexcused)."""
+    longest: tuple[str, float] | None = None
+    """The longest Consul-vs-probe disagreement seen (unexcused), within the bound or not."""
     samples: int = 0
 
     def new_run(self) -> None:
@@ -120,7 +122,11 @@ class ConsulWatch:
             if name not in passing:
                 continue
             start = self.windows.clear_from("consul_down", since, now, CONSUL_BACKOFF_CAP_S)
-            if start is not None and now - start > self.bound_s:
+            if start is None:
+                continue
+            if self.longest is None or now - start > self.longest[1]:
+                self.longest = (name, now - start)
+            if now - start > self.bound_s:
                 self.worst[name] = max(self.worst.get(name, 0.0), now - start)
 
 

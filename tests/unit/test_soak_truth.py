@@ -25,6 +25,7 @@ def test_passing_while_failing_counts_only_past_the_bound_and_outside_consul_out
     watch = ConsulWatch(bound_s=6.5, windows=windows)
     watch.sample([probe("web", "fail"), probe("db", "ok")], {"web", "db"}, T + 5)
     assert watch.worst == {}  # within the bound
+    assert watch.longest == ("web", 5.0)  # but the longest disagreement is kept
     watch.sample([probe("web", "timeout", "2026-11-26T10:00:02.000Z")], {"web"}, T + 8)
     assert watch.worst == {"web": 8.0}  # the streak started with the first failure
     watch.sample([probe("web", "ok")], {"web"}, T + 9)
@@ -37,6 +38,7 @@ def test_passing_while_failing_counts_only_past_the_bound_and_outside_consul_out
     assert "db" not in watch.worst  # Consul could not be told
     watch.sample([probe("db", "fail", "2026-11-26T10:00:31.000Z")], {"db"}, T + 80)
     assert watch.worst["db"] == 10.0  # counted from when Consul could be told again
+    assert watch.longest == ("db", 10.0)
 
 
 def deliver(service: str, sequence: int, event_id: str, at: float, got: float) -> Delivery:
