@@ -51,7 +51,10 @@ from sutazai_agent.core.secrets import Scrubber
 from sutazai_agent.web.metrics import Metrics
 
 log = structlog.get_logger(__name__)
-RETRY_MAX_S = 30.0
+RETRY_MAX_S = 5.0
+"""The longest wait between two attempts to write the outbox while it fails (a full disk):
+also how late the first transition is written once the disk is freed. A retry is one small
+SQLite transaction, cheap enough every few seconds."""
 MAX_PENDING = 10_000
 """Transitions waiting for the outbox (only while it cannot be written) before the oldest go."""
 
@@ -241,7 +244,7 @@ class Monitor:
                 self._pending[:0] = batch
                 if len(self._pending) > self._max_pending:
                     self._drop_oldest()
-                await asyncio.sleep(self._backoff.next())
+                await self._retry_pause()
                 self._wake.set()
                 continue
             self._backoff.reset()
@@ -249,6 +252,9 @@ class Monitor:
             self._publisher.wake()
             if not self._pending:
                 self._idle.set()
+
+    async def _retry_pause(self) -> None:
+        await asyncio.sleep(self._backoff.next())
 
     def _write_failed(self, exc: Exception, pending: int) -> None:
         self._metrics.outbox_write_failures.inc()

@@ -193,6 +193,33 @@ async def test_ready_after_every_service_has_a_result_and_snapshot() -> None:
     assert 'sutazai_agent_probes_total{kind="tcp",result="fail",service="mq"} 1.0' in text
 
 
+class PauseRecorder(Monitor):
+    """Records each pause between failed outbox writes, and skips the wait."""
+
+    pauses: list[float]
+
+    async def _retry_pause(self) -> None:
+        self.pauses.append(self._backoff.next())
+        await asyncio.sleep(0)
+
+
+async def test_a_freed_disk_is_written_within_five_seconds_however_long_it_was_full() -> None:
+    config = AgentConfig(services=[TcpService(name="s0", kind="tcp", host="h", port=1)], fall=1)
+    journal = Journal()
+    sink = FakeSink(journal)
+    sink.failures = 20
+    monitor = PauseRecorder(config, sink, FakeRegistrar(journal), FakePublisher(journal), Metrics())
+    monitor.pauses = []
+    task = asyncio.create_task(monitor.run())
+    monitor.record("s0", OK)
+    assert await monitor.flush(5.0)
+    task.cancel()
+    assert len(monitor.pauses) == 20
+    assert max(monitor.pauses) <= 5.0
+    assert max(monitor.pauses[-4:]) >= 2.5, "the back-off still grows to its cap"
+    assert "outbox s0 up" in journal.lines
+
+
 async def test_a_long_outbox_failure_is_bounded_and_logged_once() -> None:
     config = AgentConfig(
         services=[TcpService(name=f"s{i}", kind="tcp", host="h", port=1) for i in range(3)],
